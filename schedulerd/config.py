@@ -169,7 +169,7 @@ def _expected(setting: Setting) -> str:
 
 
 def _line_of(text: str, name: str) -> int | None:
-    pattern = re.compile(rf"^\s*{re.escape(name)}\s*=", re.MULTILINE)
+    pattern = re.compile(rf"^[ \t]*{re.escape(name)}[ \t]*=", re.MULTILINE)
     match = pattern.search(text)
     return text.count("\n", 0, match.start()) + 1 if match else None
 

@@ -227,7 +227,9 @@ class Scheduler:
 
         if result.fenced:
             self._leases.drop(queue)
-            log.warning("lease_lost", queue=queue, reason="fenced", detail="a promote call found another token")
+            log.warning("lease_lost", queue=queue, reason="fenced", detail="a promote call found another token or none")
+            # The key may simply have expired; a contest takes it back if it is free.
+            self._contest_requested.set()
             return False
 
         for item in result.quarantined:

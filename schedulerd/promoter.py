@@ -80,8 +80,17 @@ def _parse_result(queue: str, reply: list[object]) -> PromoteResult:
 class Promoter:
     """Calls promote_due.lua for a set of queues, all in one pipelined round trip."""
 
-    def __init__(self, client: Redis, keys: Keys, batch_size: int, default_job_timeout_s: int) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        keys: Keys,
+        batch_size: int,
+        default_job_timeout_s: int,
+        now_override: str = "",
+    ) -> None:
         self._client = client
+        # Tests set this to pin "now"; the daemon leaves it empty and uses the server clock.
+        self.now_override = now_override
         self._keys = keys
         self._batch_size = batch_size
         self._default_job_timeout_s = default_job_timeout_s
@@ -112,4 +121,11 @@ class Promoter:
         ]
 
     def _call_args(self, queue: str, token: str) -> list[str | bytes | int | float]:
-        return [token, self._batch_size, self._keys.job_prefix(), queue, self._default_job_timeout_s]
+        return [
+            token,
+            self._batch_size,
+            self._keys.job_prefix(),
+            queue,
+            self._default_job_timeout_s,
+            self.now_override,
+        ]

@@ -13,6 +13,9 @@ ARGV[2]  batch size       integer  at most this many ids move in one call
 ARGV[3]  job key prefix   string   rq:job: (a job hash is <prefix><id>)
 ARGV[4]  queue name       string   written as the job's origin
 ARGV[5]  default timeout  integer  seconds; written only when the job hash has no timeout
+ARGV[6]  now override     string   optional Unix seconds used instead of the server's TIME, so
+                                   tests can place a score exactly at "now"; empty or absent in
+                                   the daemon, which always uses the server clock
 
 Returns {code, moved, dropped, now, next_due, quarantined, oldest_due}
   code         1 = the batch ran; 0 = the lease is not held by ARGV[1], nothing was touched
@@ -46,6 +49,7 @@ local batch_size = tonumber(ARGV[2])
 local job_prefix = ARGV[3]
 local queue_name = ARGV[4]
 local default_timeout = ARGV[5]
+local now_override = ARGV[6]
 
 -- Format Unix time as RQ's UTC timestamp, %Y-%m-%dT%H:%M:%S.%fZ, with the
 -- days-to-civil-date conversion of the proleptic Gregorian calendar.
@@ -84,9 +88,16 @@ end
 if redis.replicate_commands then
   redis.replicate_commands()
 end
-local time = redis.call('TIME')
-local now_s = tonumber(time[1])
-local now_us = tonumber(time[2])
+local now_s, now_us
+if now_override and now_override ~= '' then
+  local whole, fraction = string.match(now_override, '^(%d+)%.?(%d*)$')
+  now_s = tonumber(whole)
+  now_us = tonumber(string.sub(fraction .. '000000', 1, 6))
+else
+  local time = redis.call('TIME')
+  now_s = tonumber(time[1])
+  now_us = tonumber(time[2])
+end
 local now = string.format('%d.%06d', now_s, now_us)
 local enqueued_at = utc_timestamp(now_s, now_us)
 

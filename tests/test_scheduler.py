@@ -1,0 +1,208 @@
+"""The Scheduler loop in-process against a real redis-server: leadership, timing, stop, outages."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from structlog.testing import capture_logs
+
+from schedulerd import Scheduler
+from schedulerd.keys import Keys
+from tests.support.waiting import wait_for
+
+KEYS = Keys()
+
+
+class Running:
+    """A Scheduler running in a thread of the test process."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=scheduler.run, daemon=True)
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive(), "Scheduler.run() did not return after stop()"
+
+
+@pytest.fixture
+def start_scheduler(redis_server) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(queues=("default",), connection=None, **overrides) -> Running:
+        running: Running | None = None
+
+        def on_ready(_: Scheduler) -> None:
+            assert running is not None
+            running.ready.set()
+
+        scheduler = Scheduler(
+            queues, connection or redis.Redis.from_url(redis_server.url), on_ready=on_ready, **overrides
+        )
+        running = Running(scheduler)
+        running.thread.start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.thread.is_alive():
+            running.stop()
+
+
+def server_now(client: redis.Redis) -> float:
+    seconds, microseconds = client.time()
+    return seconds + microseconds / 1e6
+
+
+def schedule(client: redis.Redis, job_id: str, score: float, queue: str = "default") -> None:
+    client.hset(KEYS.job_hash(job_id), mapping={"data": "payload", "status": "scheduled"})
+    client.zadd(KEYS.scheduled_set(queue), {job_id: score})
+
+
+def events(logs: list[dict], name: str) -> list[dict]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+class TestPromotion:
+    def test_due_job_reaches_queue_list(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        schedule(client, "j", server_now(client) - 1)
+        start_scheduler()
+        wait_for(lambda: client.lrange(KEYS.queue_list("default"), 0, -1) == [b"j"], 5)
+
+    def test_wakes_for_job_due_before_poll_interval(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        due_at = server_now(client) + 0.5
+        schedule(client, "soon", due_at)
+        start_scheduler(poll_interval=30.0)
+        wait_for(lambda: client.llen(KEYS.queue_list("default")) == 1, 5)
+        assert server_now(client) < due_at + 5
+
+    def test_backlog_larger_than_batch_drains(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        now = server_now(client)
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(2_500):
+                pipe.hset(KEYS.job_hash(f"j{i}"), "data", "x")
+                pipe.zadd(KEYS.scheduled_set("default"), {f"j{i}": now - 10})
+            pipe.execute()
+        start_scheduler(batch_size=100)
+        wait_for(lambda: client.llen(KEYS.queue_list("default")) == 2_500, 10)
+        assert client.zcard(KEYS.scheduled_set("default")) == 0
+
+    def test_decoding_connection_is_accepted(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        schedule(client, "j", server_now(client) - 1)
+        start_scheduler(connection=redis.Redis.from_url(redis_server.url, decode_responses=True))
+        wait_for(lambda: client.llen(KEYS.queue_list("default")) == 1, 5)
+
+    def test_promotions_logged_as_counts(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        for i in range(3):
+            schedule(client, f"j{i}", server_now(client) - 1)
+        with capture_logs() as logs:
+            running = start_scheduler()
+            wait_for(lambda: client.llen(KEYS.queue_list("default")) == 3, 5)
+            running.stop()
+        promoted = events(logs, "jobs_promoted")
+        assert sum(entry["moved"] for entry in promoted) == 3
+        assert all(entry["log_level"] == "info" for entry in promoted)
+
+
+class TestLeadership:
+    def test_stop_releases_leases(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        running = start_scheduler(queues=("a", "b"))
+        assert running.ready.wait(5)
+        assert client.get(KEYS.lease("a")) == running.scheduler.token.encode()
+        running.stop()
+        assert not client.exists(KEYS.lease("a"))
+        assert not client.exists(KEYS.lease("b"))
+        assert not client.exists(KEYS.scheduler_info(running.scheduler.token))
+
+    @pytest.mark.parametrize("instances", [2, 3])
+    def test_one_leader_per_queue(self, redis_server, start_scheduler, instances):
+        client = redis_server.client()
+        queues = ("a", "b", "c")
+        runs = [start_scheduler(queues=queues) for _ in range(instances)]
+        for running in runs:
+            assert running.ready.wait(5)
+        for queue in queues:
+            leaders = [r for r in runs if queue in r.scheduler.leading]
+            assert len(leaders) == 1
+            assert client.get(KEYS.lease(queue)) == leaders[0].scheduler.token.encode()
+
+    def test_standby_takes_over_at_once_on_stop(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        leader = start_scheduler(contest_interval=900.0)
+        assert leader.ready.wait(5)
+        standby = start_scheduler(contest_interval=900.0)
+        assert standby.ready.wait(5)
+        assert standby.scheduler.leading == frozenset()
+
+        leader.stop()
+        wait_for(lambda: standby.scheduler.leading == {"default"}, 3)
+        schedule(client, "after-handoff", server_now(client) - 1)
+        wait_for(lambda: client.llen(KEYS.queue_list("default")) == 1, 3)
+
+    def test_taken_lease_stops_promotion(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        with capture_logs() as logs:
+            running = start_scheduler(renew_interval=0.2, lease_ttl=1.0)
+            assert running.ready.wait(5)
+            client.set(KEYS.lease("default"), "4242", ex=60)
+            wait_for(lambda: running.scheduler.leading == frozenset(), 3)
+            schedule(client, "j", server_now(client) - 1)
+            wait_for(lambda: events(logs, "lease_lost"), 3)
+        assert client.llen(KEYS.queue_list("default")) == 0
+        assert events(logs, "lease_lost")[0]["reason"] in ("taken", "fenced")
+
+    def test_expired_lease_is_contested_again(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        running = start_scheduler(renew_interval=0.2, lease_ttl=1.0, contest_interval=900.0)
+        assert running.ready.wait(5)
+        client.delete(KEYS.lease("default"))
+        wait_for(lambda: client.get(KEYS.lease("default")) == running.scheduler.token.encode(), 3)
+
+    def test_rq_scheduler_lock_is_respected(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        client.set(KEYS.lease("default"), "31337", ex=60)
+        schedule(client, "j", server_now(client) - 1)
+        running = start_scheduler()
+        assert running.ready.wait(5)
+        assert running.scheduler.leading == frozenset()
+        assert client.llen(KEYS.queue_list("default")) == 0
+
+
+class TestOutage:
+    def test_redis_down_at_start_then_up(self, redis_server, start_scheduler):
+        redis_server.stop()
+        with capture_logs() as logs:
+            running = start_scheduler()
+            wait_for(lambda: events(logs, "redis_unavailable"), 5)
+            redis_server.restart()
+            assert running.ready.wait(15)
+            wait_for(lambda: events(logs, "redis_recovered"), 5)
+        client = redis_server.client()
+        schedule(client, "j", server_now(client) - 1)
+        wait_for(lambda: client.llen(KEYS.queue_list("default")) == 1, 10)
+
+    def test_redis_restart_mid_run(self, redis_server, start_scheduler):
+        with capture_logs() as logs:
+            running = start_scheduler(renew_interval=0.2, lease_ttl=1.0)
+            assert running.ready.wait(5)
+            redis_server.stop()
+            wait_for(lambda: events(logs, "redis_unavailable"), 5)
+            redis_server.restart()
+            wait_for(lambda: events(logs, "redis_recovered"), 15)
+        client = redis_server.client()
+        # The restarted server has no data, so the lease is gone; the daemon contests it again.
+        wait_for(lambda: client.get(KEYS.lease("default")) == running.scheduler.token.encode(), 10)
+        schedule(client, "j", server_now(client) - 1)
+        wait_for(lambda: client.llen(KEYS.queue_list("default")) == 1, 10)
