@@ -17,7 +17,7 @@ from schedulerd.config import DEFAULT_CONFIG_PATH, SETTINGS, Setting, Settings, 
 from schedulerd.connection import connect, redact_url
 from schedulerd.daemon import Scheduler
 from schedulerd.errors import ConfigError, LocalRedisError, UnsupportedServerError
-from schedulerd.localredis import LOCAL_URL, LocalRedis, answers
+from schedulerd.localredis import LocalRedis, answers, local_url
 from schedulerd.logs import configure_logging
 
 EXIT_OK = 0
@@ -109,7 +109,7 @@ def run(config_path: Path | None, **flags: Any) -> None:
     local_redis: LocalRedis | None = None
     url = settings.redis_url
     if url is None:
-        url = LOCAL_URL
+        url = local_url()
         if not answers(url):
             try:
                 local_redis = LocalRedis.start()
@@ -142,7 +142,7 @@ def run(config_path: Path | None, **flags: Any) -> None:
 def check(config_path: Path | None, **flags: Any) -> None:
     """Validate the settings and reach Redis once, without scheduling anything."""
     settings = _load(config_path, flags)
-    url = settings.redis_url or LOCAL_URL
+    url = settings.redis_url or local_url()
     try:
         client = connect(url)
         version = client.info("server").get("redis_version")

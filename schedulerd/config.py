@@ -56,7 +56,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis_url", "str", None,
             "Redis to schedule on: redis://[user:password@]host:port/db, rediss:// for TLS, or "
             "unix:///path/to/redis.sock. When no URL is given anywhere, schedulerd uses "
-            "redis://127.0.0.1:6379/0 and starts a local redis-server there if none answers."),
+            "redis://127.0.0.1:6379/0 and starts a local redis-server there if none answers "
+            "(SCHEDULERD_LOCAL_REDIS_PORT picks another port)."),
     Setting("queues", "queues", (),
             "Queues to schedule, comma-separated on the command line and in the environment, a "
             "list in the config file. Required."),

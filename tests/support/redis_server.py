@@ -64,7 +64,9 @@ def find_redis_server() -> Path:
 @functools.cache
 def redis_server_version(binary: Path) -> str:
     """Return the version that `binary --version` reports, for example "7.0.15"."""
-    output = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30).stdout
+    output = subprocess.run(
+        [str(binary), "--version"], check=False, capture_output=True, text=True, timeout=30
+    ).stdout
     match = re.search(r"v=(\d+\.\d+\.\d+)", output)
     if match is None:
         raise RedisServerError(f"cannot parse the version from `{binary} --version`: {output!r}")
@@ -193,7 +195,12 @@ class RedisServer:
         self.process = self.tracker.start(
             [self.binary, self.config_path], cwd=self.dir, name=name, stop_last=True
         )
-        probe = redis.Redis(unix_socket_path=str(self.unix_socket), socket_timeout=1.0)
+        password = self.config.get("requirepass")
+        probe = redis.Redis(
+            unix_socket_path=str(self.unix_socket),
+            socket_timeout=1.0,
+            password=None if password is None else str(password),
+        )
         try:
             return self._wait_ready(self.process, probe)
         finally:
