@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from schedulerd.config import Settings, validate
 from schedulerd.connection import connect, redact_url
 from schedulerd.errors import UnsupportedServerError
+from schedulerd.handoff import HandoffListener, expiry_events_enabled
 from schedulerd.keys import Keys
 from schedulerd.lease import Leases
 from schedulerd.promoter import Promoter, PromoteResult
@@ -87,7 +88,7 @@ class Scheduler:
         self._failed_attempts = 0
         self._failing_queues: dict[str, str] = {}
         self._ready = False
-        self._listener: threading.Thread | None = None
+        self._handoff = HandoffListener(self._client, self._keys, self._on_leases_free)
         self._promotion_totals: dict[str, _PromotionTotals] = {}
         self._next_promotion_log_at = 0.0
 
@@ -130,7 +131,7 @@ class Scheduler:
         )
         self._check_server_until_reachable()
         if not self._stopping.is_set():
-            self._start_handoff_listener()
+            self._handoff.start()
 
         while not self._stopping.is_set():
             try:
@@ -319,44 +320,32 @@ class Scheduler:
                 "set maxmemory-policy noeviction",
             )
         log.info("redis_connected", redis_version=info.get("redis_version"))
+        self._log_failover_paths()
 
-    # Standbys hear about released leases
+    # Standbys hear about free leases
 
-    def _start_handoff_listener(self) -> None:
-        self._listener = threading.Thread(target=self._listen_for_handoffs, name="schedulerd-handoff", daemon=True)
-        self._listener.start()
-
-    def _listen_for_handoffs(self) -> None:
-        channel = self._keys.handoff_channel()
-        attempts = 0
-        while not self._stopping.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(channel)
-                attempts = 0
-                while not self._stopping.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        self._on_handoff(message.get("data"))
-            except RedisError as error:
-                attempts += 1
-                log.debug("handoff_listener_retry", error=str(error), attempt=attempts)
-                self._stopping.wait(min(RETRY_CAP_S, RETRY_FIRST_S * 2**attempts))
-            finally:
-                pubsub.close()
-
-    def _on_handoff(self, data: object) -> None:
-        if not isinstance(data, bytes):
-            return
-        try:
-            released = set(json.loads(data))
-        except (ValueError, TypeError):
-            log.debug("handoff_message_ignored", data=data[:100])
-            return
-        wanted = [queue for queue in self.queues if queue in released and queue not in self._leases.held]
-        if wanted:
-            log.debug("handoff_heard", queues=wanted)
+    def _on_leases_free(self, queues: list[str]) -> None:
+        if any(queue in self.queues and queue not in self._leases.held for queue in queues):
             self.request_contest()
+
+    def _log_failover_paths(self) -> None:
+        expiry = expiry_events_enabled(self._client)
+        if expiry:
+            crash_worst_s = self.settings.lease_ttl + 1.0
+        else:
+            crash_worst_s = self.settings.lease_ttl + self.settings.contest_interval
+        log.info(
+            "failover_paths",
+            step_down="immediate: standbys hear the release on " + self._keys.handoff_channel(),
+            expiry_events={True: "enabled", False: "disabled", None: "unknown (CONFIG not allowed)"}[expiry],
+            crash_failover_worst_s=crash_worst_s,
+            detail=(
+                "after a crash, standbys contest when the lease key expires"
+                if expiry
+                else "after a crash, standbys contest on their contest interval once the lease expires; "
+                "notify-keyspace-events Ex on the server makes them contest at expiry"
+            ),
+        )
 
     # Stopping
 
@@ -377,8 +366,7 @@ class Scheduler:
                 error=str(error),
                 detail=f"leases expire within {self.settings.lease_ttl} s",
             )
-        if self._listener is not None:
-            self._listener.join(timeout=2.0)
+        self._handoff.stop()
         log.info("daemon_stopped", token=self.token)
 
     def _describe_connection(self) -> str:

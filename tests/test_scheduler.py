@@ -31,10 +31,11 @@ class Running:
 
 
 @pytest.fixture
-def start_scheduler(redis_server) -> Iterator[Callable[..., Running]]:
+def start_scheduler_on() -> Iterator[Callable[..., Running]]:
+    """Start Schedulers in threads on a given server; all are stopped at test end."""
     started: list[Running] = []
 
-    def start(queues=("default",), connection=None, **overrides) -> Running:
+    def start(server, queues=("default",), connection=None, **overrides) -> Running:
         running: Running | None = None
 
         def on_ready(_: Scheduler) -> None:
@@ -42,7 +43,7 @@ def start_scheduler(redis_server) -> Iterator[Callable[..., Running]]:
             running.ready.set()
 
         scheduler = Scheduler(
-            queues, connection or redis.Redis.from_url(redis_server.url), on_ready=on_ready, **overrides
+            queues, connection or redis.Redis.from_url(server.url), on_ready=on_ready, **overrides
         )
         running = Running(scheduler)
         running.thread.start()
@@ -53,6 +54,14 @@ def start_scheduler(redis_server) -> Iterator[Callable[..., Running]]:
     for running in started:
         if running.thread.is_alive():
             running.stop()
+
+
+@pytest.fixture
+def start_scheduler(redis_server, start_scheduler_on) -> Callable[..., Running]:
+    def start(*args, **kwargs) -> Running:
+        return start_scheduler_on(redis_server, *args, **kwargs)
+
+    return start
 
 
 def server_now(client: redis.Redis) -> float:
@@ -206,3 +215,31 @@ class TestOutage:
         wait_for(lambda: client.get(KEYS.lease("default")) == running.scheduler.token.encode(), 10)
         schedule(client, "j", server_now(client) - 1)
         wait_for(lambda: client.llen(KEYS.queue_list("default")) == 1, 10)
+
+
+class TestCrashFailover:
+    def test_expiry_event_triggers_contest(self, redis_server_factory, start_scheduler_on):
+        server = redis_server_factory(notify_keyspace_events="Ex")
+        client = server.client()
+        # A leader that crashed: its lease expires and nobody renews it.
+        client.set(KEYS.lease("default"), "1234", px=1000)
+        with capture_logs() as logs:
+            standby = start_scheduler_on(server, contest_interval=900.0)
+            assert standby.ready.wait(5)
+            assert standby.scheduler.leading == frozenset()
+            wait_for(lambda: standby.scheduler.leading == {"default"}, 3)
+        paths = events(logs, "failover_paths")[0]
+        assert paths["expiry_events"] == "enabled"
+        assert paths["crash_failover_worst_s"] == 11.0
+
+    def test_without_expiry_events_standby_waits(self, redis_server, start_scheduler_on):
+        client = redis_server.client()
+        client.set(KEYS.lease("default"), "1234", px=300)
+        with capture_logs() as logs:
+            standby = start_scheduler_on(redis_server, contest_interval=900.0)
+            assert standby.ready.wait(5)
+            wait_for(lambda: not client.exists(KEYS.lease("default")), 3)
+            # Nothing prompts a contest before the interval, so the queue stays unled.
+            assert not standby.thread.join(timeout=1.0)
+            assert standby.scheduler.leading == frozenset()
+        assert events(logs, "failover_paths")[0]["expiry_events"] == "disabled"

@@ -1,0 +1,96 @@
+"""Standby wake-ups: a leader's step-down message and Redis lease-expiry events.
+
+A standby normally contests free leases every contest interval. Two messages let it contest
+at once instead: the JSON list of queues a stepping-down leader publishes, and, when the
+server has keyspace notifications for expired keys enabled (notify-keyspace-events with E
+and x), the expiry of a lease key after a leader crashed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+
+import structlog
+from redis import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from schedulerd.keys import Keys
+
+log = structlog.get_logger("schedulerd")
+
+RETRY_FIRST_S = 0.1
+RETRY_CAP_S = 5.0
+
+
+def expiry_events_enabled(client: Redis) -> bool | None:
+    """Return whether the server publishes expired-key events; None when CONFIG is not allowed."""
+    try:
+        reply = client.config_get("notify-keyspace-events")
+    except ResponseError:
+        return None
+    raw = reply.get("notify-keyspace-events", reply.get(b"notify-keyspace-events", b""))  # type: ignore[call-overload]
+    flags = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return "E" in flags and ("x" in flags or "A" in flags)
+
+
+def expired_channel(client: Redis) -> str:
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    return f"__keyevent@{db}__:expired"
+
+
+class HandoffListener:
+    """A thread that calls ``on_free(queues)`` when leases of those queues become free."""
+
+    def __init__(self, client: Redis, keys: Keys, on_free: Callable[[list[str]], None]) -> None:
+        self._client = client
+        self._keys = keys
+        self._on_free = on_free
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="schedulerd-handoff", daemon=True)
+        self._released_channel = keys.handoff_channel().encode()
+        self._lease_prefix = keys.lease("").encode()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout_s)
+
+    def _listen(self) -> None:
+        attempts = 0
+        while not self._stopping.is_set():
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self._released_channel, expired_channel(self._client))
+                attempts = 0
+                while not self._stopping.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._dispatch(message.get("channel"), message.get("data"))
+            except RedisError as error:
+                # The main loop logs the outage; this thread only retries quietly.
+                attempts += 1
+                log.debug("handoff_listener_retry", error=str(error), attempt=attempts)
+                self._stopping.wait(min(RETRY_CAP_S, RETRY_FIRST_S * 2.0**attempts))
+            finally:
+                pubsub.close()
+
+    def _dispatch(self, channel: object, data: object) -> None:
+        if not isinstance(data, bytes):
+            return
+        if channel == self._released_channel:
+            try:
+                queues = [str(queue) for queue in json.loads(data)]
+            except (ValueError, TypeError):
+                log.debug("handoff_message_ignored", data=data[:100])
+                return
+            log.debug("handoff_heard", queues=queues, cause="released")
+            self._on_free(queues)
+        elif data.startswith(self._lease_prefix):
+            queue = data[len(self._lease_prefix):].decode("utf-8", "replace")
+            log.debug("handoff_heard", queues=[queue], cause="expired")
+            self._on_free([queue])
