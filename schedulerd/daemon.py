@@ -21,6 +21,7 @@ from schedulerd.errors import UnsupportedServerError
 from schedulerd.handoff import HandoffListener, expiry_events_enabled
 from schedulerd.keys import Keys
 from schedulerd.lease import Leases
+from schedulerd.observer import Observer
 from schedulerd.promoter import Promoter, PromoteResult
 
 log = structlog.get_logger("schedulerd")
@@ -61,6 +62,7 @@ class Scheduler:
         settings: Settings | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_ready: Callable[[Scheduler], None] | None = None,
+        observers: Iterable[Observer] = (),
         **overrides: object,
     ) -> None:
         base = settings if settings is not None else Settings(queues=())
@@ -78,6 +80,9 @@ class Scheduler:
         )
         self._clock = clock
         self._on_ready = on_ready
+        self._observers = list(observers)
+        self._pending_queues: tuple[str, ...] | None = None
+        self._reconfigure_lock = threading.Lock()
 
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -116,6 +121,27 @@ class Scheduler:
         self._contest_requested.set()
         self._wake.set()
 
+    @property
+    def is_ready(self) -> bool:
+        """True once the scheduler reached Redis and contested its leases."""
+        return self._ready
+
+    def add_observer(self, observer: Observer) -> None:
+        """Attach an observer; call before ``run()``."""
+        self._observers.append(observer)
+
+    def set_queues(self, queues: Iterable[str]) -> None:
+        """Change the queues to schedule while running; safe from any thread and signal handlers.
+
+        On the next loop iteration, leases of removed queues are released and added queues are
+        contested at once.
+        """
+        new_queues = tuple(queues)
+        validate(replace(self.settings, queues=new_queues))
+        with self._reconfigure_lock:
+            self._pending_queues = new_queues
+        self.request_contest()
+
     def run(self) -> None:
         """Schedule until ``stop()``; raise UnsupportedServerError for a server it cannot use."""
         log.info(
@@ -135,18 +161,41 @@ class Scheduler:
 
         while not self._stopping.is_set():
             try:
+                self._apply_pending_queues()
                 delay_s = self._iterate()
                 self._note_recovered()
-            except (RedisConnectionError, RedisTimeoutError) as error:
+                for observer in self._observers:
+                    observer.iteration_finished(self)
+            except (RedisConnectionError, RedisTimeoutError, ResponseError) as error:
+                # ResponseError here is BUSY, LOADING, READONLY after a failover or OOM: the
+                # server answers but cannot serve us right now, so back off the same way.
                 delay_s = self._note_unavailable(error)
-            except ResponseError as error:
-                # BUSY, LOADING, READONLY after a failover, OOM: the server answers but cannot
-                # serve us right now; back off the same way.
-                delay_s = self._note_unavailable(error)
+                for observer in self._observers:
+                    observer.redis_failed(self, error)
             self._wake.wait(max(delay_s, 0.0))
             self._wake.clear()
 
+        for observer in self._observers:
+            observer.stopping(self)
         self._step_down()
+        for observer in self._observers:
+            observer.stopped(self)
+
+    def _apply_pending_queues(self) -> None:
+        with self._reconfigure_lock:
+            new_queues, self._pending_queues = self._pending_queues, None
+        if new_queues is None or new_queues == self.queues:
+            return
+
+        removed = sorted(set(self.queues) - set(new_queues))
+        added = sorted(set(new_queues) - set(self.queues))
+        self.settings = replace(self.settings, queues=new_queues)
+        log.info("queues_changed", added=added, removed=removed)
+        for queue in self._leases.release(removed):
+            log.info("lease_released", queue=queue)
+            for observer in self._observers:
+                observer.lease_changed(queue, "released")
+        self._contest_requested.set()
 
     # One loop iteration
 
@@ -161,6 +210,8 @@ class Scheduler:
                 self._ready = True
                 if self._on_ready is not None:
                     self._on_ready(self)
+                for observer in self._observers:
+                    observer.ready(self)
 
         if now >= self._next_renew_at:
             self._renew()
@@ -181,6 +232,8 @@ class Scheduler:
             return
         for queue in self._leases.contest(free):
             log.info("lease_acquired", queue=queue, token=self.token)
+            for observer in self._observers:
+                observer.lease_changed(queue, "acquired")
         log.debug("leases_contested", contested=len(free), leading=len(self._leases.held))
 
     def _renew(self) -> None:
@@ -188,21 +241,31 @@ class Scheduler:
         self._next_renew_at = self._clock() + self.settings.renew_interval
         for queue in outcome.taken:
             log.warning("lease_lost", queue=queue, reason="taken", detail="another scheduler holds the lease")
+            self._notify_lost(queue, "taken")
         for queue in outcome.expired:
             log.warning("lease_lost", queue=queue, reason="expired", detail="the lease expired before renewal")
+            self._notify_lost(queue, "expired")
         if outcome.expired:
             # The key is gone, so the lease is free: contest at once instead of leaving the
             # queue without a leader until the next contest interval.
             self._contest_requested.set()
+
+    def _notify_lost(self, queue: str, reason: str) -> None:
+        for observer in self._observers:
+            observer.lease_changed(queue, "lost", reason)
 
     def _promote_pass(self) -> float:
         """Promote every led queue until nothing is due; return seconds until the next due job."""
         pending = sorted(self._leases.held)
         wait_s = self.settings.poll_interval
         while pending and not self._stopping.is_set():
+            started_at = self._clock()
             results = self._promoter.promote(pending, self.token)
+            duration_s = self._clock() - started_at
             pending = []
             for result in results:
+                for observer in self._observers:
+                    observer.promote_finished(result, duration_s)
                 if self._handle_result(result):
                     pending.append(result.queue)
                 elif result.next_due_s is not None and not result.fenced and result.error is None:
@@ -229,6 +292,7 @@ class Scheduler:
         if result.fenced:
             self._leases.drop(queue)
             log.warning("lease_lost", queue=queue, reason="fenced", detail="a promote call found another token or none")
+            self._notify_lost(queue, "fenced")
             # The key may simply have expired; a contest takes it back if it is free.
             self._contest_requested.set()
             return False
@@ -356,6 +420,8 @@ class Scheduler:
             released = self._leases.release()
             for queue in released:
                 log.info("lease_released", queue=queue)
+                for observer in self._observers:
+                    observer.lease_changed(queue, "released")
             if released:
                 self._client.publish(self._keys.handoff_channel(), json.dumps(released))
             self._leases.delete_info()

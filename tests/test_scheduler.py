@@ -243,3 +243,21 @@ class TestCrashFailover:
             assert not standby.thread.join(timeout=1.0)
             assert standby.scheduler.leading == frozenset()
         assert events(logs, "failover_paths")[0]["expiry_events"] == "disabled"
+
+
+class TestReconfigure:
+    def test_set_queues_contests_added_and_releases_removed(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        running = start_scheduler(queues=("a", "b"), contest_interval=900.0)
+        assert running.ready.wait(5)
+        running.scheduler.set_queues(["b", "c"])
+        wait_for(lambda: running.scheduler.leading == {"b", "c"}, 3)
+        assert not client.exists(KEYS.lease("a"))
+        assert client.get(KEYS.lease("c")) == running.scheduler.token.encode()
+
+    def test_set_queues_rejects_empty_list(self, redis_server, start_scheduler):
+        from schedulerd.errors import ConfigError
+
+        running = start_scheduler(queues=("a",))
+        with pytest.raises(ConfigError):
+            running.scheduler.set_queues([])
