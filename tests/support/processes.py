@@ -22,7 +22,7 @@ LOG_TAIL_CHARS = 20_000
 
 @dataclass
 class ManagedProcess:
-    """One started process and the file that holds its stdout and stderr."""
+    """One started process and the file that contains its stdout and stderr."""
 
     name: str
     argv: list[str]
@@ -49,16 +49,16 @@ class ManagedProcess:
             return ""
 
     def send_signal(self, signum: int) -> None:
-        """Send `signum` to the process itself, not its group; no-op once it has exited."""
+        """Send `signum` to the process itself, not its group. Do nothing once it has exited."""
         if self.is_running():
             self.popen.send_signal(signum)
 
     def wait(self, timeout_s: float) -> int:
-        """Wait for exit and return the exit code; raise subprocess.TimeoutExpired on timeout."""
+        """Wait for exit and return the exit code. Raise subprocess.TimeoutExpired on timeout."""
         return self.popen.wait(timeout=timeout_s)
 
     def kill(self) -> None:
-        """Send SIGKILL to the process group and reap the leader; later calls do nothing."""
+        """Send SIGKILL to the process group and reap the leader. Later calls do nothing."""
         if self._group_killed:
             return
         self._kill_group()
@@ -66,7 +66,7 @@ class ManagedProcess:
         self.popen.wait()
 
     def terminate(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> int:
-        """Send SIGTERM, wait up to `timeout_s`, then SIGKILL the group; return the exit code."""
+        """Send SIGTERM, wait up to `timeout_s`, then SIGKILL the group, and return the exit code."""
         self.send_signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout=timeout_s)
@@ -140,7 +140,7 @@ class ProcessTracker:
             _stop_together(wave, timeout_s)
 
     def log_sections(self) -> list[tuple[str, str]]:
-        """(title, log tail) for every process, for failure reports."""
+        """Return a (title, log tail) pair for every process, for failure reports."""
         sections = []
         for process in self.processes:
             text = process.read_log()

@@ -27,7 +27,7 @@ BINARY_ENV_VAR = "SCHEDULERD_TEST_REDIS_SERVER"
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 START_ATTEMPTS = 5
-# sun_path holds 108 bytes on Linux, including the terminating NUL; stay clear of it.
+# sun_path is 108 bytes on Linux, including the terminating NUL, so stay clear of that size.
 MAX_UNIX_SOCKET_PATH = 100
 
 ConfigValue = str | int | float | bool
@@ -90,7 +90,7 @@ def _config_line(key: str, value: ConfigValue) -> str:
 
 
 class RedisServer:
-    """One redis-server process owned by a test; `restart()` keeps its port and data directory."""
+    """One redis-server process owned by a test. `restart()` keeps its port and data directory."""
 
     def __init__(self, tracker: ProcessTracker, binary: Path, data_dir: Path, config: dict[str, ConfigValue]):
         self.tracker = tracker
@@ -126,9 +126,18 @@ class RedisServer:
     def is_running(self) -> bool:
         return self.process is not None and self.process.is_running()
 
+    @property
+    def password(self) -> str | None:
+        """The `requirepass` setting, if any. `url` and `unix_url` never contain it."""
+        password = self.config.get("requirepass")
+        return None if password is None else str(password)
+
     def client(self, **kwargs: Any) -> redis.Redis:
-        """Return a new TCP client (bytes replies unless overridden), closed at test end."""
-        options: dict[str, Any] = {"decode_responses": False, **kwargs}
+        """Return a new TCP client, closed at test end.
+
+        Replies are bytes and the client sends `password`, unless `kwargs` override either.
+        """
+        options: dict[str, Any] = {"decode_responses": False, "password": self.password, **kwargs}
         client = redis.Redis(host="127.0.0.1", port=self.port, db=0, **options)
         self._clients.append(client)
         return client
@@ -182,24 +191,21 @@ class RedisServer:
             _config_line("logfile", ""),
         ]
         if tuple(int(part) for part in self.version.split(".")[:2]) >= (7, 0):
-            # Fault tests use DEBUG SLEEP and friends, which Redis 7 disables by default.
+            # Fault tests may use DEBUG SLEEP and other DEBUG subcommands, which Redis 7 disables by default.
             lines.append(_config_line("enable-debug-command", "local"))
         lines.extend(_config_line(key, value) for key, value in self.config.items())
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def _start_once(self) -> bool:
-        """Start and wait until ready; return False only when the TCP port was already in use."""
+        """Start and wait until ready. Return False only when the TCP port was already in use."""
         self._write_config()
         self._starts += 1
         name = f"redis-server-{self.dir.name}-start{self._starts}"
         self.process = self.tracker.start(
             [self.binary, self.config_path], cwd=self.dir, name=name, stop_last=True
         )
-        password = self.config.get("requirepass")
         probe = redis.Redis(
-            unix_socket_path=str(self.unix_socket),
-            socket_timeout=1.0,
-            password=None if password is None else str(password),
+            unix_socket_path=str(self.unix_socket), socket_timeout=1.0, password=self.password
         )
         try:
             return self._wait_ready(self.process, probe)

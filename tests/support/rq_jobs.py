@@ -30,7 +30,7 @@ def attempts_key(marker: str) -> str:
 
 
 def _current_job() -> Any:
-    from rq import get_current_job
+    from rq import get_current_job  # type: ignore[import-not-found,unused-ignore]
 
     job = get_current_job()
     if job is None:
@@ -69,7 +69,7 @@ def fail_times(marker: str, n: int) -> str:
 
 
 def sleep_then_record(marker: str, seconds: float) -> str:
-    """Sleep `seconds`, then record the run with its start time; useful to keep a worker busy."""
+    """Sleep `seconds`, then record the run with its start time, which keeps a worker busy."""
     started_at = time.time()
     job = _current_job()
     time.sleep(seconds)

@@ -52,7 +52,13 @@ def produce(
         "--url", url, "--queue", queue, "--spec", json.dumps(spec),
     ]  # fmt: skip
     completed = subprocess.run(
-        argv, cwd=REPO_ROOT, env=child_env(env), capture_output=True, text=True, timeout=PRODUCE_TIMEOUT_S
+        argv,
+        check=False,
+        cwd=REPO_ROOT,
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=PRODUCE_TIMEOUT_S,
     )
     if completed.returncode != 0:
         raise ProducerError(
@@ -70,7 +76,7 @@ def produce(
 def worker_argv(
     rq_env: RQEnv, url: str, queues: Sequence[str], name: str, with_scheduler: bool = False
 ) -> list[str]:
-    """Return the `rq worker` command line; it has no --burst, so the worker stays up when idle."""
+    """Return the `rq worker` command line. It has no --burst, so the worker stays up when idle."""
     argv = [str(rq_env.rq), "worker", "--url", url, "--name", name, "--logging_level", "DEBUG"]
     if with_scheduler:
         argv.append("--with-scheduler")
@@ -91,8 +97,9 @@ def start_worker(
     """Start a real `rq worker` and, unless `wait_ready` is false, wait until it has registered.
 
     A registered worker has written its `rq:worker:<name>` hash, so it is about to listen on
-    its queues. `env` adds variables to the worker's environment. With `with_scheduler`, RQ's own scheduler starts as well, which a test of
-    schedulerd must not do unless it means to compete with it.
+    its queues. `env` adds variables to the worker's environment. With `with_scheduler`, RQ's
+    own scheduler starts as well, which a test of schedulerd must not do unless it means to
+    compete with it.
     """
     if not queues:
         raise ValueError("start_worker needs at least one queue name")
@@ -120,6 +127,6 @@ def _wait_registered(process: ManagedProcess, url: str, worker_key: str) -> None
                 )
             return bool(client.exists(worker_key))
 
-        wait_for(registered, WORKER_READY_TIMEOUT_S, interval_s=0.05, message=f"{worker_key} exists")
+        wait_for(registered, WORKER_READY_TIMEOUT_S, interval_s=0.05, description=f"{worker_key} to exist")
     finally:
         client.close()

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from redis import Redis
-from rq import Queue, Retry
+from rq import Queue, Retry  # type: ignore[import-not-found,unused-ignore]
 
 from tests.support import rq_jobs
 
@@ -55,7 +55,7 @@ def _job_call(item: dict[str, Any]) -> tuple[Any, tuple[Any, ...]]:
         return rq_jobs.fail_times, (marker, int(item.get("fail_n", 1)))
     if func == "sleep_then_record":
         return rq_jobs.sleep_then_record, (marker, float(item.get("sleep_s", 1.0)))
-    raise SpecError(f"unknown func {func!r}; expected record, fail_times or sleep_then_record")
+    raise SpecError(f"unknown func {func!r}: expected record, fail_times or sleep_then_record")
 
 
 def _options(item: dict[str, Any]) -> dict[str, Any]:
@@ -100,15 +100,15 @@ class PlannedJob:
 
 
 def plan(item: dict[str, Any]) -> PlannedJob:
-    """Validate one spec item; raise SpecError naming the problem."""
+    """Validate one spec item and plan its job. Raise SpecError naming the problem."""
     unknown = set(item) - FIELDS
     if unknown:
-        raise SpecError(f"unknown fields {sorted(unknown)}; allowed: {sorted(FIELDS)}")
+        raise SpecError(f"unknown fields {sorted(unknown)}, allowed fields are {sorted(FIELDS)}")
     if "marker" not in item:
         raise SpecError("every item needs a 'marker'")
     kind = item.get("kind")
     if kind not in KINDS:
-        raise SpecError(f"unknown kind {kind!r}; expected one of {sorted(KINDS)}")
+        raise SpecError(f"unknown kind {kind!r}: expected one of {sorted(KINDS)}")
     if kind == "enqueue_in" and "in_s" not in item:
         raise SpecError("enqueue_in needs 'in_s' (seconds)")
 

@@ -1,4 +1,4 @@
-"""Virtual environments with pinned RQ releases, one per supported RQ major line.
+"""Virtual environments with pinned RQ releases, one per RQ major version under test.
 
 `python -m tests.support.rqenvs` builds every environment under `.venvs/` and returns quickly
 when the stamps already match. Each environment gets a .pth file with the repository root, so
@@ -81,7 +81,7 @@ def _stamp_text(label: str) -> str:
 
 def _check_label(label: str) -> None:
     if label not in RQ_REQUIREMENTS:
-        raise RQEnvError(f"unknown RQ version label {label!r}; expected one of {RQ_VERSIONS}")
+        raise RQEnvError(f"unknown RQ version label {label!r}: expected one of {RQ_VERSIONS}")
 
 
 def is_current(label: str) -> bool:
@@ -95,7 +95,12 @@ def _run_logged(argv: list[str], log_path: Path) -> None:
         log.write(("$ " + " ".join(argv) + "\n").encode())
         log.flush()
         completed = subprocess.run(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=PIP_TIMEOUT_S
+            argv,
+            check=False,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=PIP_TIMEOUT_S,
         )
     if completed.returncode != 0:
         raise RQEnvError(
@@ -152,6 +157,7 @@ def build_all(labels: list[str] | None = None) -> None:
 def _probe_versions(python: Path) -> tuple[str, str]:
     completed = subprocess.run(
         [str(python), "-c", "import rq, redis; print(rq.__version__); print(redis.__version__)"],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
@@ -186,7 +192,9 @@ def rq_env(label: str) -> RQEnv:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Build the RQ virtual environments used by the tests.")
     parser.add_argument("labels", nargs="*", help=f"versions to build, from {RQ_VERSIONS} (default: all)")
-    parser.add_argument("--show", action="store_true", help="print each environment's rq and redis-py version")
+    parser.add_argument(
+        "--show", action="store_true", help="print each environment's rq and redis-py version"
+    )
     args = parser.parse_args()
     labels: list[str] = args.labels or RQ_VERSIONS
     try:

@@ -14,12 +14,13 @@ class WaitTimeout(AssertionError):
 
 
 def wait_for(
-    predicate: Callable[[], T], timeout_s: float, interval_s: float = 0.02, message: str = ""
+    predicate: Callable[[], T], timeout_s: float, interval_s: float = 0.02, description: str = ""
 ) -> T:
     """Call `predicate` until it returns a truthy value and return that value.
 
     The predicate runs once more at the deadline, so a condition met during the last sleep still
-    passes. Raise WaitTimeout, which pytest reports as a failed assertion, with the last value.
+    passes. Raise WaitTimeout, which pytest reports as a failed assertion, with `description`
+    and the last value.
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -28,6 +29,6 @@ def wait_for(
             return value
         remaining_s = deadline - time.monotonic()
         if remaining_s <= 0:
-            detail = f": {message}" if message else ""
-            raise WaitTimeout(f"condition not met within {timeout_s} s{detail}; last value {value!r}")
+            what = description or "the condition"
+            raise WaitTimeout(f"timed out after {timeout_s} s waiting for {what}, last value {value!r}")
         time.sleep(min(interval_s, remaining_s))
