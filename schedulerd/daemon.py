@@ -16,7 +16,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schedulerd.config import Settings, validate
-from schedulerd.connection import connect, redact_url
+from schedulerd.connection import DEFAULT_REDIS_URL, connect, redact_url
 from schedulerd.errors import UnsupportedServerError
 from schedulerd.handoff import HandoffListener, expiry_events_enabled
 from schedulerd.keys import Keys
@@ -70,7 +70,7 @@ class Scheduler:
         validate(self.settings)
 
         if connection is None:
-            url = self.settings.redis_url or "redis://127.0.0.1:6379/0"
+            url = self.settings.redis_url or DEFAULT_REDIS_URL
             connection = connect(url)
         self._client = _own_client(connection)
         self._keys = Keys(self.settings.key_prefix)

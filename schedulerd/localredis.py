@@ -18,7 +18,7 @@ import structlog
 from redis import Redis
 from redis.exceptions import RedisError
 
-from schedulerd.errors import LocalRedisError
+from schedulerd.errors import ConfigError, LocalRedisError
 
 log = structlog.get_logger("schedulerd")
 
@@ -30,7 +30,20 @@ START_TIMEOUT_S = 10.0
 
 
 def local_port() -> int:
-    return int(os.environ.get(PORT_ENV_VAR, DEFAULT_LOCAL_PORT))
+    """Return the local Redis port; raise ConfigError when SCHEDULERD_LOCAL_REDIS_PORT is invalid."""
+    raw = os.environ.get(PORT_ENV_VAR)
+    if raw is None:
+        return DEFAULT_LOCAL_PORT
+    try:
+        port = int(raw)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(
+            f"invalid {PORT_ENV_VAR} {raw!r} from environment {PORT_ENV_VAR}: must be a TCP port "
+            "from 1 to 65535; fix or unset it"
+        )
+    return port
 
 
 def local_url() -> str:
@@ -90,7 +103,15 @@ class LocalRedis:
             "--save", "",
             "--logfile", str(directory / "redis.log"),
         ]
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A session of its own keeps a terminal's Ctrl+C from reaching redis-server before
+        # schedulerd has released its leases on it; schedulerd stops it afterwards.
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         url = local_url()
         deadline = time.monotonic() + START_TIMEOUT_S
         while not answers(url):
