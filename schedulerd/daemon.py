@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schedulerd.config import Settings, validate
 from schedulerd.connection import DEFAULT_REDIS_URL, connect, redact_url
+from schedulerd.discovery import QueueSelector
 from schedulerd.errors import UnsupportedServerError
 from schedulerd.handoff import HandoffListener, expiry_events_enabled
 from schedulerd.keys import Keys
@@ -35,6 +36,8 @@ MIN_REDIS_VERSION = (5, 0, 0)
 SAFE_EVICTION_POLICIES = ("noeviction",)
 # Promotions are summed per queue and logged at INFO at most this often; each call is at DEBUG.
 PROMOTION_LOG_INTERVAL_S = 10.0
+# Longest time between two keyspace scans for scheduled sets matching a queue pattern.
+SCAN_INTERVAL_S = 60.0
 
 
 def _own_client(connection: Redis) -> Redis:
@@ -93,6 +96,10 @@ class Scheduler:
         self._failed_attempts = 0
         self._failing_queues: dict[str, str] = {}
         self._ready = False
+        self._selector = QueueSelector(self.settings.queues, self._keys)
+        self._active_queues: tuple[str, ...] = self._selector.literals
+        self._next_discovery_at = 0.0
+        self._next_scan_at = 0.0
         self._handoff = HandoffListener(self._client, self._keys, self._on_leases_free)
         self._promotion_totals: dict[str, _PromotionTotals] = {}
         self._next_promotion_log_at = 0.0
@@ -109,7 +116,8 @@ class Scheduler:
 
     @property
     def queues(self) -> tuple[str, ...]:
-        return self.settings.queues
+        """The queues this instance schedules: literal names plus what its patterns matched so far."""
+        return self._active_queues
 
     def stop(self) -> None:
         """Ask ``run()`` to step down and return; safe from any thread and from signal handlers."""
@@ -146,7 +154,7 @@ class Scheduler:
         """Schedule until ``stop()``; raise UnsupportedServerError for a server it cannot use."""
         log.info(
             "daemon_started",
-            queues=list(self.queues),
+            queues=list(self.settings.queues),
             token=self.token,
             redis=self._describe_connection(),
             lease_ttl_s=self.settings.lease_ttl,
@@ -184,13 +192,16 @@ class Scheduler:
     def _apply_pending_queues(self) -> None:
         with self._reconfigure_lock:
             new_queues, self._pending_queues = self._pending_queues, None
-        if new_queues is None or new_queues == self.queues:
+        if new_queues is None or new_queues == self.settings.queues:
             return
 
-        removed = sorted(set(self.queues) - set(new_queues))
-        added = sorted(set(new_queues) - set(self.queues))
+        log.info("queues_changed", queues=list(new_queues), previous=list(self.settings.queues))
         self.settings = replace(self.settings, queues=new_queues)
-        log.info("queues_changed", added=added, removed=removed)
+        self._selector = QueueSelector(new_queues, self._keys)
+        self._active_queues = self._selector.literals
+        self._next_discovery_at = self._next_scan_at = 0.0
+        self._discover_queues()
+        removed = [queue for queue in self._leases.held if queue not in self._active_queues]
         for queue in self._leases.release(removed):
             log.info("lease_released", queue=queue)
             for observer in self._observers:
@@ -201,6 +212,7 @@ class Scheduler:
 
     def _iterate(self) -> float:
         """Contest, renew and promote as their timers say; return seconds until the next iteration."""
+        self._discover_queues()
         now = self._clock()
         if self._contest_requested.is_set() or now >= self._next_contest_at:
             self._contest_requested.clear()
@@ -225,6 +237,26 @@ class Scheduler:
             self._next_renew_at - now,
             self._next_contest_at - now,
         )
+
+    def _discover_queues(self) -> None:
+        """Resolve queue patterns at most once per poll interval; new queues are contested at once."""
+        if not self._selector.dynamic:
+            return
+        now = self._clock()
+        if now < self._next_discovery_at:
+            return
+        scan = now >= self._next_scan_at
+        found = tuple(self._selector.discover(self._client, scan_scheduled_sets=scan))
+        self._next_discovery_at = now + self.settings.poll_interval
+        if scan:
+            self._next_scan_at = now + min(self.settings.contest_interval, SCAN_INTERVAL_S)
+
+        added = sorted(set(found) - set(self._active_queues))
+        if added:
+            # Patterns only ever add queues while running; a reload resets the set.
+            self._active_queues = tuple(sorted(set(self._active_queues) | set(found)))
+            log.info("queues_discovered", added=added, total=len(self._active_queues))
+            self._contest_requested.set()
 
     def _contest(self) -> None:
         free = [queue for queue in self.queues if queue not in self._leases.held]
@@ -389,7 +421,9 @@ class Scheduler:
     # Standbys hear about free leases
 
     def _on_leases_free(self, queues: list[str]) -> None:
-        if any(queue in self.queues and queue not in self._leases.held for queue in queues):
+        if any(self._selector.matches(queue) and queue not in self._leases.held for queue in queues):
+            # A pattern may match a queue that discovery has not seen yet.
+            self._next_discovery_at = 0.0
             self.request_contest()
 
     def _log_failover_paths(self) -> None:

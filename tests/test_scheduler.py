@@ -261,3 +261,35 @@ class TestReconfigure:
         running = start_scheduler(queues=("a",))
         with pytest.raises(ConfigError):
             running.scheduler.set_queues([])
+
+
+class TestQueuePatterns:
+    def test_star_schedules_every_known_queue(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        client.sadd(KEYS.queues_set(), KEYS.queue_list("a"), KEYS.queue_list("b"))
+        running = start_scheduler(queues=("*",), poll_interval=0.2)
+        assert running.ready.wait(5)
+        wait_for(lambda: running.scheduler.leading == {"a", "b"}, 3)
+
+    def test_new_queue_picked_up_without_restart(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        running = start_scheduler(queues=("*",), poll_interval=0.2, contest_interval=900.0)
+        assert running.ready.wait(5)
+        client.sadd(KEYS.queues_set(), KEYS.queue_list("late"))
+        schedule(client, "j", server_now(client) - 1, queue="late")
+        wait_for(lambda: client.llen(KEYS.queue_list("late")) == 1, 3)
+
+    def test_glob_matches_only_its_queues(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        for name in ("reports-daily", "reports-weekly", "emails"):
+            client.sadd(KEYS.queues_set(), KEYS.queue_list(name))
+        running = start_scheduler(queues=("reports-*", "high"), poll_interval=0.2)
+        assert running.ready.wait(5)
+        wait_for(lambda: running.scheduler.leading == {"reports-daily", "reports-weekly", "high"}, 3)
+        assert not client.exists(KEYS.lease("emails"))
+
+    def test_queue_with_only_a_scheduled_set_is_found(self, redis_server, start_scheduler):
+        client = redis_server.client()
+        schedule(client, "j", server_now(client) - 1, queue="orphan")
+        start_scheduler(queues=("*",), poll_interval=0.2)
+        wait_for(lambda: client.llen(KEYS.queue_list("orphan")) == 1, 3)
