@@ -100,7 +100,7 @@ class Scheduler:
         self._active_queues: tuple[str, ...] = self._selector.literals
         self._next_discovery_at = 0.0
         self._next_scan_at = 0.0
-        self._handoff = HandoffListener(self._client, self._keys, self._on_leases_free)
+        self._handoff = HandoffListener(self._client, self._keys, self._on_leases_free, self._on_wakeup)
         self._promotion_totals: dict[str, _PromotionTotals] = {}
         self._next_promotion_log_at = 0.0
 
@@ -425,6 +425,10 @@ class Scheduler:
             # A pattern may match a queue that discovery has not seen yet.
             self._next_discovery_at = 0.0
             self.request_contest()
+
+    def _on_wakeup(self, queue: str) -> None:
+        if queue in self._leases.held:
+            self._wake.set()
 
     def _log_failover_paths(self) -> None:
         expiry = expiry_events_enabled(self._client)

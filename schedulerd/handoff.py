@@ -1,9 +1,11 @@
-"""Standby wake-ups: a leader's step-down message and Redis lease-expiry events.
+"""Wake-ups from Redis pub/sub: step-down messages, lease-expiry events and new-job notices.
 
 A standby normally contests free leases every contest interval. Two messages let it contest
 at once instead: the JSON list of queues a stepping-down leader publishes, and, when the
 server has keyspace notifications for expired keys enabled (notify-keyspace-events with E
-and x), the expiry of a lease key after a leader crashed.
+and x), the expiry of a lease key after a leader crashed. A third message, published by
+schedulerd.producer with a queue name, tells a leader a job with a sub-second due time was
+scheduled, so it recomputes its next wake-up.
 """
 
 from __future__ import annotations
@@ -43,10 +45,18 @@ def expired_channel(client: Redis) -> str:
 class HandoffListener:
     """A thread that calls ``on_free(queues)`` when leases of those queues become free."""
 
-    def __init__(self, client: Redis, keys: Keys, on_free: Callable[[list[str]], None]) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        keys: Keys,
+        on_free: Callable[[list[str]], None],
+        on_wakeup: Callable[[str], None] = lambda queue: None,
+    ) -> None:
         self._client = client
         self._keys = keys
         self._on_free = on_free
+        self._on_wakeup = on_wakeup
+        self._wakeup_channel = keys.wakeup_channel().encode()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="schedulerd-handoff", daemon=True)
         self._released_channel = keys.handoff_channel().encode()
@@ -65,7 +75,7 @@ class HandoffListener:
         while not self._stopping.is_set():
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(self._released_channel, expired_channel(self._client))
+                pubsub.subscribe(self._released_channel, self._wakeup_channel, expired_channel(self._client))
                 attempts = 0
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=1.0)
@@ -82,7 +92,9 @@ class HandoffListener:
     def _dispatch(self, channel: object, data: object) -> None:
         if not isinstance(data, bytes):
             return
-        if channel == self._released_channel:
+        if channel == self._wakeup_channel:
+            self._on_wakeup(data.decode("utf-8", "replace"))
+        elif channel == self._released_channel:
             try:
                 queues = [str(queue) for queue in json.loads(data)]
             except (ValueError, TypeError):

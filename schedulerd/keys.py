@@ -43,6 +43,11 @@ class Keys:
         # Published when a leader steps down, so standbys contest at once.
         return f"{self.prefix}:schedulerd:released"
 
+    def wakeup_channel(self) -> str:
+        # Published by schedulerd.producer after scheduling a job, so the leader recomputes
+        # its next wake-up at once instead of at its next poll.
+        return f"{self.prefix}:schedulerd:wakeup"
+
     def queue_name_from_list(self, key: str) -> str | None:
         """Return the queue name of a queue list key, or None for a key of another kind."""
         prefix = f"{self.prefix}:queue:"
