@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from schedulerd.balance import Member, Membership, preferred_leader
 from schedulerd.config import Settings, validate
 from schedulerd.connection import DEFAULT_REDIS_URL, connect, redact_url
 from schedulerd.discovery import QueueSelector
@@ -36,6 +37,9 @@ MIN_REDIS_VERSION = (5, 0, 0)
 SAFE_EVICTION_POLICIES = ("noeviction",)
 # Promotions are summed per queue and logged at INFO at most this often; each call is at DEBUG.
 PROMOTION_LOG_INTERVAL_S = 10.0
+# With balance on, a queue handed over to another member and still without a leader after this
+# many renew intervals is contested by everyone again.
+HANDOVER_GRACE_RENEWALS = 3
 # Longest time between two keyspace scans for scheduled sets matching a queue pattern.
 SCAN_INTERVAL_S = 60.0
 
@@ -101,6 +105,14 @@ class Scheduler:
         self._next_discovery_at = 0.0
         self._next_scan_at = 0.0
         self._handoff = HandoffListener(self._client, self._keys, self._on_leases_free, self._on_wakeup)
+        self._membership: Membership | None = None
+        if self.settings.balance:
+            self._membership = Membership(
+                self._client, self._keys, self.token, self.settings.queues, self.settings.lease_ttl
+            )
+        self._members: list[Member] = []
+        self._handover_deadlines: dict[str, float] = {}
+        self._contest_all_requested = True
         self._promotion_totals: dict[str, _PromotionTotals] = {}
         self._next_promotion_log_at = 0.0
 
@@ -199,6 +211,8 @@ class Scheduler:
         self.settings = replace(self.settings, queues=new_queues)
         self._selector = QueueSelector(new_queues, self._keys)
         self._active_queues = self._selector.literals
+        if self._membership is not None:
+            self._membership = Membership(self._client, self._keys, self.token, new_queues, self.settings.lease_ttl)
         self._next_discovery_at = self._next_scan_at = 0.0
         self._discover_queues()
         removed = [queue for queue in self._leases.held if queue not in self._active_queues]
@@ -214,10 +228,18 @@ class Scheduler:
         """Contest, renew and promote as their timers say; return seconds until the next iteration."""
         self._discover_queues()
         now = self._clock()
-        if self._contest_requested.is_set() or now >= self._next_contest_at:
+        self._check_handovers(now)
+        if now >= self._next_contest_at:
+            self._contest_all_requested = True
+        if self._contest_requested.is_set() or self._contest_all_requested:
             self._contest_requested.clear()
-            self._contest()
-            self._next_contest_at = now + self.settings.contest_interval
+            if self._membership is not None:
+                # A prompt usually means membership changed (a member left), so read it afresh.
+                self._members = self._membership.refresh()
+            self._contest(only_preferred=not self._contest_all_requested)
+            if self._contest_all_requested:
+                self._next_contest_at = now + self.settings.contest_interval
+            self._contest_all_requested = False
             if not self._ready:
                 self._ready = True
                 if self._on_ready is not None:
@@ -258,8 +280,16 @@ class Scheduler:
             log.info("queues_discovered", added=added, total=len(self._active_queues))
             self._contest_requested.set()
 
-    def _contest(self) -> None:
+    def _contest(self, only_preferred: bool) -> None:
+        """Try to acquire free leases; with balance on, ``only_preferred`` skips other members' queues.
+
+        Prompted contests (a step-down or expiry message) go to the preferred leader alone; the
+        timed contest and the first one take any free queue, so a queue whose preferred leader
+        is gone still gets a leader.
+        """
         free = [queue for queue in self.queues if queue not in self._leases.held]
+        if self._membership is not None and only_preferred:
+            free = [queue for queue in free if self._prefers_me(queue)]
         if not free:
             return
         for queue in self._leases.contest(free):
@@ -271,6 +301,9 @@ class Scheduler:
     def _renew(self) -> None:
         outcome = self._leases.renew(self.queues)
         self._next_renew_at = self._clock() + self.settings.renew_interval
+        if self._membership is not None:
+            self._members = self._membership.refresh()
+            self._hand_over_foreign_queues()
         for queue in outcome.taken:
             log.warning("lease_lost", queue=queue, reason="taken", detail="another scheduler holds the lease")
             self._notify_lost(queue, "taken")
@@ -280,7 +313,38 @@ class Scheduler:
         if outcome.expired:
             # The key is gone, so the lease is free: contest at once instead of leaving the
             # queue without a leader until the next contest interval.
-            self._contest_requested.set()
+            self._contest_all_requested = True
+
+    # Balance
+
+    def _prefers_me(self, queue: str) -> bool:
+        preferred = preferred_leader(queue, self._members)
+        return preferred is None or preferred == self.token
+
+    def _hand_over_foreign_queues(self) -> None:
+        """Release held queues whose preferred leader is another live member, and tell it."""
+        foreign = sorted(queue for queue in self._leases.held if not self._prefers_me(queue))
+        if not foreign:
+            return
+        released = self._leases.release(foreign)
+        if released:
+            self._client.publish(self._keys.handoff_channel(), json.dumps(released))
+        deadline = self._clock() + HANDOVER_GRACE_RENEWALS * self.settings.renew_interval
+        for queue in released:
+            log.info("lease_handed_over", queue=queue, to=preferred_leader(queue, self._members))
+            for observer in self._observers:
+                observer.lease_changed(queue, "released")
+            self._handover_deadlines[queue] = deadline
+
+    def _check_handovers(self, now: float) -> None:
+        # A member can be live in the members hash yet unable to contest (stalled, say). If a
+        # queue handed over has no leader after the grace period, every instance takes part
+        # in the next contest again.
+        due = [queue for queue, deadline in self._handover_deadlines.items() if now >= deadline]
+        for queue in due:
+            del self._handover_deadlines[queue]
+        if due:
+            self._contest_all_requested = True
 
     def _notify_lost(self, queue: str, reason: str) -> None:
         for observer in self._observers:
@@ -326,7 +390,7 @@ class Scheduler:
             log.warning("lease_lost", queue=queue, reason="fenced", detail="a promote call found another token or none")
             self._notify_lost(queue, "fenced")
             # The key may simply have expired; a contest takes it back if it is free.
-            self._contest_requested.set()
+            self._contest_all_requested = True
             return False
 
         for item in result.quarantined:
@@ -455,6 +519,9 @@ class Scheduler:
         """Release every lease, tell the standbys, remove the info hash; Redis errors are logged."""
         self._log_promotions(force=True)
         try:
+            if self._membership is not None:
+                # Leave first, so the standbys that hear the release no longer prefer this instance.
+                self._membership.leave()
             released = self._leases.release()
             for queue in released:
                 log.info("lease_released", queue=queue)

@@ -43,6 +43,10 @@ class Keys:
         # Published when a leader steps down, so standbys contest at once.
         return f"{self.prefix}:schedulerd:released"
 
+    def members(self) -> str:
+        # Hash of token -> JSON {queues, expires_at} of instances running with balance on.
+        return f"{self.prefix}:schedulerd:members"
+
     def wakeup_channel(self) -> str:
         # Published by schedulerd.producer after scheduling a job, so the leader recomputes
         # its next wake-up at once instead of at its next poll.
