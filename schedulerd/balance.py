@@ -3,8 +3,9 @@
 With balance on, every instance records itself in the members hash with the queue specs it
 schedules and an expiry time by the Redis server's clock. Each queue's preferred leader is the
 live member, among those whose specs match the queue, with the highest hash of (token, queue)
-(rendezvous hashing), so every instance computes the same owner from the same member list
-and only about 1/N of the queues move when a member joins or leaves.
+(rendezvous hashing), capped so that no member takes more than its share. Every instance
+computes the same owners from the same member list, and few queues move when a member joins
+or leaves.
 """
 
 from __future__ import annotations
@@ -31,12 +32,39 @@ def rendezvous_weight(token: str, queue: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def preferred_leader(queue: str, members: Iterable[Member]) -> str | None:
-    """Return the token of the member that should lead ``queue``, or None when no member schedules it."""
-    candidates = [member.token for member in members if member.selector.matches(queue)]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda token: rendezvous_weight(token, queue))
+def assign_leaders(queues: Iterable[str], members: Sequence[Member]) -> dict[str, str]:
+    """Map each queue to the token of its preferred leader; queues no member schedules are left out.
+
+    Rendezvous hashing with bounded load: each queue goes to the member with the highest
+    weight for it that has not yet reached its share (queues / members, the remainder one each
+    to the first members that fill up), so shares differ by at most one when every member
+    schedules every queue. Every instance computes the same map from the same queues and
+    members.
+    """
+    ordered = sorted(set(queues))
+    if not members:
+        return {}
+    base_share, extra_shares = divmod(len(ordered), len(members))
+    load = {member.token: 0 for member in members}
+
+    assignment: dict[str, str] = {}
+    for queue in ordered:
+        candidates = [member.token for member in members if member.selector.matches(queue)]
+        if not candidates:
+            continue
+        ranked = sorted(candidates, key=lambda token: rendezvous_weight(token, queue), reverse=True)
+        chosen = next((token for token in ranked if load[token] < base_share), None)
+        if chosen is None and extra_shares:
+            # The remainder goes one queue each to the first members that reach the base share.
+            chosen = next((token for token in ranked if load[token] == base_share), None)
+            if chosen is not None:
+                extra_shares -= 1
+        if chosen is None:
+            # Only when members schedule different queues: a member over its share beats none.
+            chosen = ranked[0]
+        load[chosen] += 1
+        assignment[queue] = chosen
+    return assignment
 
 
 class Membership:

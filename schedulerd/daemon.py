@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from schedulerd.balance import Member, Membership, preferred_leader
+from schedulerd.balance import Member, Membership, assign_leaders
 from schedulerd.config import Settings, validate
 from schedulerd.connection import DEFAULT_REDIS_URL, connect, redact_url
 from schedulerd.discovery import QueueSelector
@@ -112,6 +112,8 @@ class Scheduler:
             )
         self._members: list[Member] = []
         self._handover_deadlines: dict[str, float] = {}
+        self._assignment_basis: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._assignment_cache: dict[str, str] = {}
         self._contest_all_requested = True
         self._promotion_totals: dict[str, _PromotionTotals] = {}
         self._next_promotion_log_at = 0.0
@@ -318,8 +320,16 @@ class Scheduler:
     # Balance
 
     def _prefers_me(self, queue: str) -> bool:
-        preferred = preferred_leader(queue, self._members)
+        preferred = self._assignment().get(queue)
         return preferred is None or preferred == self.token
+
+    def _assignment(self) -> dict[str, str]:
+        # Recomputed only when the members or the queues change, not on every call.
+        basis = (tuple(member.token for member in self._members), self.queues)
+        if basis != self._assignment_basis:
+            self._assignment_basis = basis
+            self._assignment_cache = assign_leaders(self.queues, self._members)
+        return self._assignment_cache
 
     def _hand_over_foreign_queues(self) -> None:
         """Release held queues whose preferred leader is another live member, and tell it."""
@@ -331,7 +341,7 @@ class Scheduler:
             self._client.publish(self._keys.handoff_channel(), json.dumps(released))
         deadline = self._clock() + HANDOVER_GRACE_RENEWALS * self.settings.renew_interval
         for queue in released:
-            log.info("lease_handed_over", queue=queue, to=preferred_leader(queue, self._members))
+            log.info("lease_handed_over", queue=queue, to=self._assignment().get(queue))
             for observer in self._observers:
                 observer.lease_changed(queue, "released")
             self._handover_deadlines[queue] = deadline
