@@ -413,8 +413,10 @@ class Scheduler:
             )
         if result.dropped:
             log.warning("jobs_dropped", queue=queue, dropped=result.dropped, reason="job hash missing")
-        if result.moved:
-            log.debug("promote_call", queue=queue, moved=result.moved, lateness_s=result.lateness_s)
+        if result.moved or result.limited:
+            log.debug(
+                "promote_call", queue=queue, moved=result.moved, rate_limited=result.limited, lateness_s=result.lateness_s
+            )
             self._promotion_totals.setdefault(queue, _PromotionTotals()).add(result)
         return result.backlog_left
 
@@ -424,7 +426,13 @@ class Scheduler:
             return
         self._next_promotion_log_at = now + PROMOTION_LOG_INTERVAL_S
         for queue, totals in sorted(self._promotion_totals.items()):
-            log.info("jobs_promoted", queue=queue, moved=totals.moved, max_lateness_s=totals.max_lateness_s)
+            log.info(
+                "jobs_promoted",
+                queue=queue,
+                moved=totals.moved,
+                rate_limited=totals.limited,
+                max_lateness_s=totals.max_lateness_s,
+            )
         self._promotion_totals.clear()
 
     # Redis availability
@@ -563,9 +571,11 @@ class _PromotionTotals:
 
     def __init__(self) -> None:
         self.moved = 0
+        self.limited = 0
         self.max_lateness_s = 0.0
 
     def add(self, result: PromoteResult) -> None:
         self.moved += result.moved
+        self.limited += result.limited
         if result.lateness_s is not None:
             self.max_lateness_s = max(self.max_lateness_s, round(result.lateness_s, 6))

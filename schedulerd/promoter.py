@@ -36,6 +36,8 @@ class PromoteResult:
     """Server time the call used, Unix seconds."""
     next_due_s: float | None = None
     """Lowest score left in the scheduled set, or None when it is empty."""
+    limited: int = 0
+    """Ids handed to RQ 3.0's rate limiter, which pushes each when its limit has a free slot."""
     oldest_due_s: float | None = None
     """Lowest score the call took from the scheduled set, or None when it took nothing."""
     error: str | None = None
@@ -59,7 +61,7 @@ def _parse_result(queue: str, reply: list[object]) -> PromoteResult:
     if code == FENCED:
         return PromoteResult(queue=queue, fenced=True)
 
-    moved, dropped, now_raw, next_due_raw, pairs, oldest_raw = reply[1:7]
+    moved, dropped, now_raw, next_due_raw, pairs, oldest_raw, limited = reply[1:8]
     assert isinstance(pairs, list)
     quarantined = tuple(
         Quarantined(job_id=pairs[i], reason=pairs[i + 1].decode()) for i in range(0, len(pairs), 2)
@@ -74,6 +76,7 @@ def _parse_result(queue: str, reply: list[object]) -> PromoteResult:
         now_s=float(now_raw),
         next_due_s=float(next_due_raw) if next_due_raw else None,
         oldest_due_s=float(oldest_raw) if oldest_raw else None,
+        limited=int(limited),  # type: ignore[call-overload]
     )
 
 
@@ -127,5 +130,6 @@ class Promoter:
             self._keys.job_prefix(),
             queue,
             self._default_job_timeout_s,
+            f"{self._keys.prefix}:",
             self.now_override,
         ]

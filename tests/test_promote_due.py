@@ -264,13 +264,6 @@ class TestBadData:
         assert client.type(KEYS.job_hash("listjob")) == b"list"
         assert queue_ids(client) == [b"real"]
 
-    def test_rate_limited_job_is_quarantined(self, client, leases):
-        schedule(client, "limited", NOW - 1, rate_limit_key="api", rate_limit_concurrency="2")
-        result = promote(client, leases)
-        assert [(q.job_id, q.reason) for q in result.quarantined] == [(b"limited", "rate_limited")]
-        assert queue_ids(client) == []
-        assert client.hget(KEYS.job_hash("limited"), "status") == b"scheduled"
-
     def test_batch_of_bad_ids_does_not_block_good_ones(self, client, leases):
         for i in range(20):
             client.zadd(KEYS.scheduled_set(QUEUE), {f"ghost{i}": NOW - 100 + i})
@@ -321,6 +314,54 @@ class TestBadData:
         for name in names:
             assert client.lrange(KEYS.queue_list(name), 0, -1) == [f"job-{name}".encode()]
             assert client.hget(KEYS.job_hash(f"job-{name}"), "origin") == name.encode()
+
+
+class TestRateLimit:
+    """RQ 3.0 jobs with rate_limit_key and rate_limit_concurrency go through RQ's limiter."""
+
+    def test_free_slot_pushes_job(self, client, leases):
+        schedule(client, "limited", NOW - 1, rate_limit_key="api", rate_limit_concurrency="2")
+        result = promote(client, leases)
+        assert result.limited == 1
+        assert result.moved == 0
+        assert queue_ids(client) == [b"limited"]
+        job = client.hgetall(KEYS.job_hash("limited"))
+        assert job[b"status"] == b"queued"
+        assert job[b"enqueued_at"] == b"2027-01-15T08:00:00.000000Z"
+        assert client.zscore("rq:rl:api:allowed", "limited") == int(NOW)
+        assert client.smembers("rq:rl-keys") == {b"api"}
+        assert client.hget("rq:rl:api", "concurrency") == b"2"
+
+    def test_full_limit_holds_job_back(self, client, leases):
+        client.zadd("rq:rl:api:allowed", {"running-1": NOW - 60})
+        schedule(client, "limited", NOW - 1, rate_limit_key="api", rate_limit_concurrency="1")
+        result = promote(client, leases)
+        assert result.limited == 1
+        assert queue_ids(client) == []
+        assert client.hget(KEYS.job_hash("limited"), "status") == b"rate_limited"
+        assert client.zscore("rq:rl:api:rate_limited", "limited") == int(NOW)
+        assert client.zcard(KEYS.scheduled_set(QUEUE)) == 0
+
+    def test_waiting_jobs_fill_free_slots_oldest_first(self, client, leases):
+        client.hset(KEYS.job_hash("waiting"), mapping={"origin": "other", "status": "rate_limited", "data": "x"})
+        client.zadd("rq:rl:api:rate_limited", {"waiting": NOW - 30})
+        schedule(client, "limited", NOW - 1, rate_limit_key="api", rate_limit_concurrency="1")
+        promote(client, leases)
+        assert client.lrange(KEYS.queue_list("other"), 0, -1) == [b"waiting"]
+        assert queue_ids(client) == []
+        assert client.hget(KEYS.job_hash("limited"), "status") == b"rate_limited"
+
+    def test_front_flag_kept_for_limiter(self, client, leases):
+        client.rpush(KEYS.queue_list(QUEUE), "already")
+        schedule(client, "limited", NOW - 1, rate_limit_key="api", rate_limit_concurrency="1", enqueue_at_front="1")
+        promote(client, leases)
+        assert queue_ids(client) == [b"limited", b"already"]
+
+    def test_zero_concurrency_is_not_rate_limited(self, client, leases):
+        schedule(client, "plain", NOW - 1, rate_limit_key="api", rate_limit_concurrency="0")
+        result = promote(client, leases)
+        assert result.moved == 1
+        assert result.limited == 0
 
 
 class TestScriptCache:

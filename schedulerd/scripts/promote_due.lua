@@ -13,11 +13,13 @@ ARGV[2]  batch size       integer  at most this many ids move in one call
 ARGV[3]  job key prefix   string   rq:job: (a job hash is <prefix><id>)
 ARGV[4]  queue name       string   written as the job's origin
 ARGV[5]  default timeout  integer  seconds; written only when the job hash has no timeout
-ARGV[6]  now override     string   optional Unix seconds used instead of the server's TIME, so
+ARGV[6]  key prefix       string   rq: (RQ's rate limiter keys are <prefix>rl:<key>..., queue lists
+                                   <prefix>queue:<name>)
+ARGV[7]  now override     string   optional Unix seconds used instead of the server's TIME, so
                                    tests can place a score exactly at "now"; empty or absent in
                                    the daemon, which always uses the server clock
 
-Returns {code, moved, dropped, now, next_due, quarantined, oldest_due}
+Returns {code, moved, dropped, now, next_due, quarantined, oldest_due, limited}
   code         1 = the batch ran; 0 = the lease is not held by ARGV[1], nothing was touched
   moved        ids pushed onto the queue list
   dropped      ids removed because their job hash no longer exists
@@ -25,10 +27,12 @@ Returns {code, moved, dropped, now, next_due, quarantined, oldest_due}
   next_due     the lowest score left in the scheduled set as a string, or "" when empty;
                a value <= now means more ids are due and the caller should call again
   quarantined  pairs of (id, reason) moved to the quarantine set, reason is one of
-               "wrong_type" (the job key is not a hash), "no_data" (the hash has no data field),
-               "rate_limited" (an RQ 3 job with a rate limit, which only RQ's limiter may enqueue)
+               "wrong_type" (the job key is not a hash), "no_data" (the hash has no data field)
   oldest_due   the lowest score this call took from the scheduled set as a string, or "" when
                it took none; now - oldest_due is the call's worst lateness
+  limited      ids handed to RQ 3.0's rate limiter (jobs with rate_limit_key and
+               rate_limit_concurrency); the limiter pushes them when a slot is free, exactly as
+               RQ 3.0's own scheduler does
 
 Why a script: the lease check, the removal from the scheduled set and the push must be one
 atomic step, so a deposed leader (paused past its lease TTL, then resumed) cannot push
@@ -49,7 +53,8 @@ local batch_size = tonumber(ARGV[2])
 local job_prefix = ARGV[3]
 local queue_name = ARGV[4]
 local default_timeout = ARGV[5]
-local now_override = ARGV[6]
+local key_prefix = ARGV[6]
+local now_override = ARGV[7]
 
 -- Format Unix time as RQ's UTC timestamp, %Y-%m-%dT%H:%M:%S.%fZ, with the
 -- days-to-civil-date conversion of the proleptic Gregorian calendar.
@@ -80,7 +85,7 @@ local function utc_timestamp(seconds, microseconds)
 end
 
 if redis.call('GET', lease_key) ~= token then
-  return {0, 0, 0, '', '', {}, ''}
+  return {0, 0, 0, '', '', {}, '', 0}
 end
 
 -- Redis before 7 replicates scripts verbatim unless told otherwise; TIME before a write is
@@ -101,10 +106,60 @@ end
 local now = string.format('%d.%06d', now_s, now_us)
 local enqueued_at = utc_timestamp(now_s, now_us)
 
+-- RQ 3.0's Queue._enqueue_rate_limited_job and RateLimitRegistry.acquire_and_enqueue, as one
+-- step: mark the job rate_limited, register the limit, queue the job in the waiting set, then
+-- fill free slots with waiting jobs, oldest first. Scores are whole seconds, as RQ writes them.
+local function hand_to_rate_limiter(id, job_key, fields)
+  local limit_key = fields[7]
+  local concurrency = tonumber(fields[8])
+  local config_key = key_prefix .. 'rl:' .. limit_key
+  local allowed_key = config_key .. ':allowed'
+  local waiting_key = config_key .. ':rate_limited'
+
+  redis.call('HSET', job_key, 'status', 'rate_limited', 'origin', queue_name)
+  if not fields[6] then
+    redis.call('HSET', job_key, 'timeout', default_timeout)
+  end
+  if fields[2] == '1' or (fields[3] == '1' and fields[4] and fields[4] ~= '') then
+    redis.call('HSET', job_key, 'enqueue_at_front', '1')
+  end
+  local ttl = tonumber(fields[5])
+  if ttl and ttl > 0 then
+    redis.call('EXPIRE', job_key, ttl)
+    redis.call('EXPIRE', job_key .. ':dependents', ttl)
+    redis.call('EXPIRE', job_prefix .. ':' .. id .. ':dependencies', ttl)
+  end
+  redis.call('SADD', key_prefix .. 'rl-keys', limit_key)
+  redis.call('HSET', config_key, 'concurrency', concurrency)
+  redis.call('ZADD', waiting_key, now_s, id)
+
+  -- Bounded by the waiting set, which this loop only shrinks.
+  while redis.call('ZCARD', allowed_key) < concurrency do
+    local popped = redis.call('ZPOPMIN', waiting_key)
+    if #popped == 0 then
+      break
+    end
+    local waiting_id = popped[1]
+    local waiting_job_key = job_prefix .. waiting_id
+    local waiting = redis.call('HMGET', waiting_job_key, 'origin', 'status', 'enqueue_at_front')
+    -- Like RQ, drop stale entries: a missing hash, no origin, or a job no longer rate_limited.
+    if waiting[1] and waiting[2] == 'rate_limited' then
+      redis.call('ZADD', allowed_key, now_s, waiting_id)
+      if waiting[3] == '1' then
+        redis.call('LPUSH', key_prefix .. 'queue:' .. waiting[1], waiting_id)
+      else
+        redis.call('RPUSH', key_prefix .. 'queue:' .. waiting[1], waiting_id)
+      end
+      redis.call('HSET', waiting_job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
+    end
+  end
+end
+
 local ids = redis.call('ZRANGEBYSCORE', scheduled_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, batch_size)
 
 local moved = 0
 local dropped = 0
+local limited = 0
 local quarantined = {}
 local registered = false
 
@@ -133,10 +188,9 @@ for i = 1, #ids, 2 do
       quarantined[#quarantined + 1] = id
       quarantined[#quarantined + 1] = 'no_data'
     end
-  elseif fields[7] and fields[7] ~= '' and fields[8] and tonumber(fields[8]) and tonumber(fields[8]) > 0 then
-    redis.call('ZADD', quarantine_key, score, id)
-    quarantined[#quarantined + 1] = id
-    quarantined[#quarantined + 1] = 'rate_limited'
+  elseif fields[7] and fields[7] ~= '' and tonumber(fields[8]) and tonumber(fields[8]) > 0 then
+    hand_to_rate_limiter(id, job_key, fields)
+    limited = limited + 1
   else
     local at_front = fields[2] == '1'
       or (fields[3] == '1' and fields[4] and fields[4] ~= '')
@@ -179,4 +233,4 @@ if ids[2] then
   oldest_due = ids[2]
 end
 
-return {1, moved, dropped, now, next_due, quarantined, oldest_due}
+return {1, moved, dropped, now, next_due, quarantined, oldest_due, limited}
