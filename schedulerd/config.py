@@ -31,13 +31,17 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 KEY_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.:{}-]+")
 # Lua's unpack and the per-call time budget both bound a batch.
 MAX_BATCH_SIZE = 5000
+# A bare port in http_address listens on loopback only; exposing metrics takes an explicit host.
+DEFAULT_HTTP_HOST = "127.0.0.1"
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
 class Setting:
     name: str
     kind: str
-    """One of "str", "float", "int", "queues", "choice"."""
+    """One of "str", "float", "int", "bool", "queues", "choice"."""
     default: Any
     help: str
     unit: str = ""
@@ -82,10 +86,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("default_job_timeout", "int", 180,
             "Timeout written to a promoted job that has none, as RQ's Queue default_timeout.",
             unit="seconds"),
+    Setting("balance", "bool", False,
+            "Share the queues evenly with the other instances that also run with balance on: "
+            "each leads about its share, and hands queues over at once when instances join or "
+            "leave."),
     Setting("log_format", "choice", "auto",
             "Log output: json, console, or auto (console on a terminal, JSON otherwise).",
             choices=LOG_FORMATS),
     Setting("log_level", "choice", "info", "Lowest level logged.", choices=LOG_LEVELS),
+    Setting("log_file", "str", None,
+            "File to append log lines to instead of stderr; reopened on SIGHUP, so logrotate can "
+            "move it. Must be an absolute path in daemon mode."),
+    Setting("http_address", "str", None,
+            "Address of the HTTP listener for /healthz, /readyz and /metrics: PORT (loopback "
+            "only), HOST:PORT or [IPV6]:PORT; port 0 picks a free port. Off when not set."),
+    Setting("daemon", "bool", False,
+            "Detach from the terminal and run in the background; needs pidfile. Leave off under "
+            "systemd, Docker and Kubernetes, which keep the process in the foreground."),
+    Setting("pidfile", "str", None,
+            "File holding the process id, locked while schedulerd runs, so a second instance "
+            "with the same pidfile exits with code 2. Must be an absolute path in daemon mode."),
 )
 
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -104,8 +124,13 @@ class Settings:
     poll_interval: float = 1.0
     batch_size: int = 500
     default_job_timeout: int = 180
+    balance: bool = False
     log_format: str = "auto"
     log_level: str = "info"
+    log_file: str | None = None
+    http_address: str | None = None
+    daemon: bool = False
+    pidfile: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each value came from: "default", "file PATH line N", "environment NAME", "flag --NAME"."""
 
@@ -136,6 +161,8 @@ def _convert(setting: Setting, value: Any, source: str) -> Any:
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return tuple(value)
         raise ConfigError(f"invalid {setting.name} {value!r} from {source}: expected a list of queue names; {fix}")
+    if setting.kind == "bool":
+        return _convert_bool(setting, value, source, fix)
     if setting.kind in ("str", "choice"):
         if not isinstance(value, str):
             raise ConfigError(f"invalid {setting.name} {value!r} from {source}: expected a string; {fix}")
@@ -157,7 +184,21 @@ def _convert(setting: Setting, value: Any, source: str) -> Any:
     raise AssertionError(setting.kind)
 
 
+def _convert_bool(setting: Setting, value: Any, source: str, fix: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise ConfigError(f"invalid {setting.name} {value!r} from {source}: expected true or false; {fix}")
+
+
 def _expected(setting: Setting) -> str:
+    if setting.kind == "bool":
+        return "true or false (also 1/0, yes/no, on/off in the environment)"
     if setting.kind == "choice":
         return "one of " + ", ".join(setting.choices)
     if setting.kind == "queues":
@@ -311,6 +352,94 @@ def validate(settings: Settings) -> None:
         if value not in choices:
             raise ConfigError(
                 f"invalid {name} {value!r} from {source(name)}: must be one of {', '.join(choices)}"
+            )
+
+    if settings.http_address is not None:
+        try:
+            parse_http_address(settings.http_address)
+        except ValueError as error:
+            raise ConfigError(
+                f"invalid http_address {settings.http_address!r} from {source('http_address')}: {error}; "
+                "use PORT (loopback only), HOST:PORT or [IPV6]:PORT, for example 127.0.0.1:9464, "
+                "with a port from 0 to 65535 (0 picks a free one); fix --http-address"
+            ) from None
+    _validate_paths(settings)
+
+
+def _validate_paths(settings: Settings) -> None:
+    source = settings.sources.get
+    for name in ("log_file", "pidfile"):
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        flag = SETTINGS_BY_NAME[name].flag
+        if not value.strip():
+            raise ConfigError(f"invalid {name} {value!r} from {source(name)}: empty path; give a file path to {flag}")
+        if settings.daemon and not Path(value).is_absolute():
+            raise ConfigError(
+                f"invalid {name} {value!r} from {source(name)}: a relative path, but daemon mode "
+                f"({source('daemon')}) changes the working directory to /; give an absolute path to {flag}"
+            )
+    if settings.daemon and settings.pidfile is None:
+        raise ConfigError(
+            f"daemon mode ({source('daemon')}) needs a pidfile, so the background process can be found "
+            "and stopped; set --pidfile, for example /run/schedulerd/schedulerd.pid"
+        )
+
+
+def parse_http_address(text: str) -> tuple[str, int]:
+    """Split "PORT", "HOST:PORT" or "[IPV6]:PORT" into (host, port); raise ValueError with the rule broken.
+
+    A bare port means the loopback address, so metrics are never exposed by accident.
+    """
+    text = text.strip()
+    if text.isdigit():
+        host, port_text = DEFAULT_HTTP_HOST, text
+    elif text.startswith("["):
+        closing = text.find("]")
+        if closing < 0 or text[closing + 1:closing + 2] != ":":
+            raise ValueError("an IPv6 address needs the form [ADDRESS]:PORT")
+        host, port_text = text[1:closing], text[closing + 2:]
+    else:
+        host, separator, port_text = text.rpartition(":")
+        if not separator:
+            raise ValueError("no port")
+        if ":" in host:
+            raise ValueError("an IPv6 address must be in brackets")
+    if not host:
+        raise ValueError("no host before the colon")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def check_paths(settings: Settings) -> None:
+    """Raise ConfigError when the log file or pidfile cannot be written by this process.
+
+    Kept out of ``validate`` because it reads the local file system: ``schedulerd status``
+    may run on a host where these paths do not exist.
+    """
+    for name in ("log_file", "pidfile"):
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        path = Path(value)
+        where = f"{name} {value} ({settings.sources.get(name)})"
+        flag = SETTINGS_BY_NAME[name].flag
+        if path.is_dir():
+            raise ConfigError(f"invalid {where}: is a directory; give a file path to {flag}")
+        directory = path.parent
+        if not directory.is_dir():
+            raise ConfigError(f"invalid {where}: directory {directory} does not exist; create it or fix {flag}")
+        # The pidfile is created and removed, so its directory must be writable even when the file exists.
+        if (name == "pidfile" or not path.exists()) and not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"invalid {where}: directory {directory} is not writable by uid {os.getuid()}; "
+                f"fix its permissions or {flag}"
+            )
+        if path.exists() and not os.access(path, os.W_OK):
+            raise ConfigError(
+                f"invalid {where}: the file is not writable by uid {os.getuid()}; fix its permissions or {flag}"
             )
 
 
