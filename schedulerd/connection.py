@@ -112,30 +112,34 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def _retry() -> Retry:
+def _retry(retries: int) -> Retry:
     # One quick retry covers a connection the server closed while idle; longer outages
     # surface as ConnectionError for the daemon's own backoff.
-    return Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1)
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=retries)
 
 
-def connect(url: str) -> Redis:
-    """Create a client for ``url`` (redis://, rediss://, unix:// or a Sentinel URL) that returns bytes."""
+def connect(url: str, timeout_s: float = SOCKET_TIMEOUT_S, retries: int = 1) -> Redis:
+    """Create a client for ``url`` (redis://, rediss://, unix:// or a Sentinel URL) that returns bytes.
+
+    ``timeout_s`` bounds connecting and each command; ``retries`` is how often a command that
+    failed on a connection error is retried at once.
+    """
     if url.partition("://")[0] in SENTINEL_SCHEMES:
-        return _connect_sentinel(parse_sentinel_url(url))
+        return _connect_sentinel(parse_sentinel_url(url), timeout_s, retries)
     return Redis.from_url(
         url,
         decode_responses=False,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=min(timeout_s, CONNECT_TIMEOUT_S),
         health_check_interval=30,
-        retry=_retry(),
+        retry=_retry(retries),
     )
 
 
-def _connect_sentinel(parsed: SentinelURL) -> Redis:
+def _connect_sentinel(parsed: SentinelURL, timeout_s: float, retries: int) -> Redis:
     # The client asks the sentinels for the current primary on every new connection, and
     # drops a connection that answers READONLY, so it follows a failover.
-    sentinel_kwargs = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
+    sentinel_kwargs = {"socket_timeout": timeout_s, "socket_connect_timeout": min(timeout_s, CONNECT_TIMEOUT_S)}
     if parsed.sentinel_password is not None:
         sentinel_kwargs["password"] = parsed.sentinel_password  # type: ignore[assignment]
     sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs)
@@ -146,8 +150,8 @@ def _connect_sentinel(parsed: SentinelURL) -> Redis:
         password=parsed.password,
         ssl=parsed.tls,
         decode_responses=False,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        retry=_retry(),
+        socket_timeout=timeout_s,
+        socket_connect_timeout=min(timeout_s, CONNECT_TIMEOUT_S),
+        retry=_retry(retries),
     )
     return client

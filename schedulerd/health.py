@@ -30,13 +30,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from redis import Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from schedulerd import __version__
 from schedulerd.config import parse_http_address
-from schedulerd.connection import SENTINEL_SCHEMES, connect
+from schedulerd.connection import connect
 from schedulerd.keys import Keys
 from schedulerd.observer import Observer
 from schedulerd.status import read_queue_counts
@@ -64,15 +62,7 @@ REQUEST_TIMEOUT_S = 10.0
 
 def probe_client(url: str) -> Redis:
     """Return a client for scrape-time reads: short timeouts and no retries."""
-    if url.partition("://")[0] in SENTINEL_SCHEMES:
-        # NOTE: a Sentinel client keeps connect()'s 5 s timeouts, so a stalled primary can hold a scrape that long.
-        return connect(url)
-    return Redis.from_url(
-        url,
-        socket_timeout=REDIS_PROBE_TIMEOUT_S,
-        socket_connect_timeout=REDIS_PROBE_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-    )
+    return connect(url, timeout_s=REDIS_PROBE_TIMEOUT_S, retries=0)
 
 
 class LoopHealth(Observer):
