@@ -101,7 +101,11 @@ def settings_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _load(config_path: Path | None, flags: dict[str, Any]) -> Settings:
     try:
-        return load_settings(config_path=config_path, flags=flags)
+        settings = load_settings(config_path=config_path, flags=flags)
+        if settings.redis_url is None:
+            # Without a URL the local Redis port is in play; an invalid override is a usage error.
+            local_url()
+        return settings
     except ConfigError as error:
         click.echo(f"schedulerd: configuration error: {error}", err=True)
         sys.exit(EXIT_USAGE)

@@ -24,7 +24,7 @@ else:  # pragma: no cover
 
 DEFAULT_CONFIG_PATH = Path("/etc/schedulerd/schedulerd.toml")
 ENV_PREFIX = "SCHEDULERD_"
-REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # RQ 3.0 accepts only these characters in RQ_KEY_PREFIX.
@@ -444,9 +444,18 @@ def check_paths(settings: Settings) -> None:
 
 
 def validate_redis_url(url: str, source: str) -> None:
-    from schedulerd.connection import redact_url
+    from schedulerd.connection import SENTINEL_SCHEMES, parse_sentinel_url, redact_url
 
     shown = redact_url(url)
+    if url.partition("://")[0] in SENTINEL_SCHEMES:
+        try:
+            parse_sentinel_url(url)
+        except ValueError as error:
+            raise ConfigError(
+                f"invalid redis_url {shown} from {source}: {error}; "
+                "use redis+sentinel://host1:26379,host2:26379/service_name/db"
+            ) from None
+        return
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -455,7 +464,8 @@ def validate_redis_url(url: str, source: str) -> None:
     if parts.scheme not in REDIS_URL_SCHEMES:
         raise ConfigError(
             f"invalid redis_url {shown} from {source}: scheme {parts.scheme!r} is not one of "
-            f"{', '.join(REDIS_URL_SCHEMES)}; use redis://host:port/db, rediss:// or unix:///path"
+            f"{', '.join(REDIS_URL_SCHEMES)}; use redis://host:port/db, rediss://, unix:///path "
+            "or redis+sentinel://host:26379/service_name"
         )
     if parts.scheme == "unix" and not parts.path:
         raise ConfigError(f"invalid redis_url {shown} from {source}: no socket path; use unix:///path/to/redis.sock")

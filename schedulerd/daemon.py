@@ -234,14 +234,16 @@ class Scheduler:
         if now >= self._next_contest_at:
             self._contest_all_requested = True
         if self._contest_requested.is_set() or self._contest_all_requested:
+            # Read and reset both before contesting: the handoff thread may set them again
+            # meanwhile, and that request must survive for the next iteration.
             self._contest_requested.clear()
+            contest_all, self._contest_all_requested = self._contest_all_requested, False
             if self._membership is not None:
                 # A prompt usually means membership changed (a member left), so read it afresh.
                 self._members = self._membership.refresh()
-            self._contest(only_preferred=not self._contest_all_requested)
-            if self._contest_all_requested:
+            self._contest(only_preferred=not contest_all)
+            if contest_all:
                 self._next_contest_at = now + self.settings.contest_interval
-            self._contest_all_requested = False
             if not self._ready:
                 self._ready = True
                 if self._on_ready is not None:
@@ -348,8 +350,8 @@ class Scheduler:
 
     def _check_handovers(self, now: float) -> None:
         # A member can be live in the members hash yet unable to contest (stalled, say). If a
-        # queue handed over has no leader after the grace period, every instance takes part
-        # in the next contest again.
+        # queue handed over has no leader after the grace period, this instance contests every
+        # free queue again, so the queue is led until the preferred member takes it.
         due = [queue for queue, deadline in self._handover_deadlines.items() if now >= deadline]
         for queue in due:
             del self._handover_deadlines[queue]
@@ -502,11 +504,16 @@ class Scheduler:
 
     # Standbys hear about free leases
 
-    def _on_leases_free(self, queues: list[str]) -> None:
-        if any(self._selector.matches(queue) and queue not in self._leases.held for queue in queues):
-            # A pattern may match a queue that discovery has not seen yet.
-            self._next_discovery_at = 0.0
-            self.request_contest()
+    def _on_leases_free(self, queues: list[str], cause: str) -> None:
+        if not any(self._selector.matches(queue) and queue not in self._leases.held for queue in queues):
+            return
+        # A pattern may match a queue that discovery has not seen yet.
+        self._next_discovery_at = 0.0
+        if cause == "expired":
+            # A crashed member can still look live in the members hash for a moment, so with
+            # balance on every standby contests; the next renewal hands the queue on if needed.
+            self._contest_all_requested = True
+        self.request_contest()
 
     def _on_wakeup(self, queue: str) -> None:
         if queue in self._leases.held:
@@ -559,7 +566,11 @@ class Scheduler:
         log.info("daemon_stopped", token=self.token)
 
     def _describe_connection(self) -> str:
-        kwargs = self._client.connection_pool.connection_kwargs
+        pool = self._client.connection_pool
+        service = getattr(pool, "service_name", None)
+        if service is not None:
+            return f"sentinel service {service}, db {pool.connection_kwargs.get('db', 0)}"
+        kwargs = pool.connection_kwargs
         if "path" in kwargs:
             return f"unix://{kwargs['path']}/{kwargs.get('db', 0)}"
         scheme = "rediss" if "ssl" in str(self._client.connection_pool.connection_class).lower() else "redis"

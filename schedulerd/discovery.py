@@ -51,7 +51,9 @@ class QueueSelector:
 
         if scan_scheduled_sets:
             match = self._keys.scheduled_set("*")
-            for key in client.scan_iter(match=match, count=SCAN_COUNT, _type="zset"):
+            # No TYPE filter: SCAN takes it only from Redis 6.0. A key of another type under
+            # this name shows up later as promote_failed for that queue.
+            for key in client.scan_iter(match=match, count=SCAN_COUNT):
                 name = self._keys.queue_name_from_scheduled_set(_text(key))
                 if name is not None and self.matches(name):
                     found.add(name)

@@ -24,6 +24,8 @@ log = structlog.get_logger("schedulerd")
 
 RETRY_FIRST_S = 0.1
 RETRY_CAP_S = 5.0
+# How long one wait for a message lasts; a stop request is noticed within this time.
+POLL_TIMEOUT_S = 0.2
 
 
 def expiry_events_enabled(client: Redis) -> bool | None:
@@ -43,13 +45,17 @@ def expired_channel(client: Redis) -> str:
 
 
 class HandoffListener:
-    """A thread that calls ``on_free(queues)`` when leases of those queues become free."""
+    """A thread that calls ``on_free(queues, cause)`` when leases of those queues become free.
+
+    ``cause`` is "released" (a leader stepped down or handed over) or "expired" (a leader
+    stopped renewing, most likely because it crashed).
+    """
 
     def __init__(
         self,
         client: Redis,
         keys: Keys,
-        on_free: Callable[[list[str]], None],
+        on_free: Callable[[list[str], str], None],
         on_wakeup: Callable[[str], None] = lambda queue: None,
     ) -> None:
         self._client = client
@@ -78,7 +84,7 @@ class HandoffListener:
                 pubsub.subscribe(self._released_channel, self._wakeup_channel, expired_channel(self._client))
                 attempts = 0
                 while not self._stopping.is_set():
-                    message = pubsub.get_message(timeout=1.0)
+                    message = pubsub.get_message(timeout=POLL_TIMEOUT_S)
                     if message is not None:
                         self._dispatch(message.get("channel"), message.get("data"))
             except RedisError as error:
@@ -101,8 +107,8 @@ class HandoffListener:
                 log.debug("handoff_message_ignored", data=data[:100])
                 return
             log.debug("handoff_heard", queues=queues, cause="released")
-            self._on_free(queues)
+            self._on_free(queues, "released")
         elif data.startswith(self._lease_prefix):
             queue = data[len(self._lease_prefix):].decode("utf-8", "replace")
             log.debug("handoff_heard", queues=[queue], cause="expired")
-            self._on_free([queue])
+            self._on_free([queue], "expired")
