@@ -79,7 +79,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poll_interval", "float", 1.0,
             "Longest time between two checks of a led queue; the leader also wakes when the next "
             "job falls due sooner.", unit="seconds"),
-    Setting("batch_size", "int", 500,
+    Setting("batch_size", "int", 200,
             f"Most job ids one promote call moves (1 to {MAX_BATCH_SIZE}); a pass keeps calling "
             "until nothing is due. Smaller batches block Redis for less time per call.",
             unit="jobs"),
@@ -122,7 +122,7 @@ class Settings:
     renew_interval: float = 2.0
     contest_interval: float = 900.0
     poll_interval: float = 1.0
-    batch_size: int = 500
+    batch_size: int = 200
     default_job_timeout: int = 180
     balance: bool = False
     log_format: str = "auto"

@@ -365,7 +365,7 @@ class Scheduler:
     def _promote_pass(self) -> float:
         """Promote every led queue until nothing is due; return seconds until the next due job."""
         pending = sorted(self._leases.held)
-        wait_s = self.settings.poll_interval
+        wake_at = self._clock() + self.settings.poll_interval
         while pending and not self._stopping.is_set():
             started_at = self._clock()
             results = self._promoter.promote(pending, self.token)
@@ -377,13 +377,17 @@ class Scheduler:
                 if self._handle_result(result):
                     pending.append(result.queue)
                 elif result.next_due_s is not None and not result.fenced and result.error is None:
-                    wait_s = min(wait_s, result.next_due_s - result.now_s)
+                    # Anchored at the call's start, not at the end of the pass: later calls and
+                    # logging would otherwise delay the wake-up by their duration. Starting the
+                    # count before the server read its clock can only wake the loop early,
+                    # and an early pass finds nothing due and sleeps again.
+                    wake_at = min(wake_at, started_at + result.next_due_s - result.now_s)
 
             if pending and self._clock() >= self._next_renew_at:
                 # A long drain must not outlive the leases it runs under.
                 self._renew()
                 pending = [queue for queue in pending if queue in self._leases.held]
-        return wait_s
+        return wake_at - self._clock()
 
     def _handle_result(self, result: PromoteResult) -> bool:
         """Log one promote call's outcome; return True when the queue still has ids due."""

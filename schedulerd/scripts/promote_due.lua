@@ -36,10 +36,13 @@ Returns {code, moved, dropped, now, next_due, quarantined, oldest_due, limited}
 
 Why a script: the lease check, the removal from the scheduled set and the push must be one
 atomic step, so a deposed leader (paused past its lease TTL, then resumed) cannot push
-anything. Why bounded: Redis runs nothing else while a script runs, so each call does a small
+anything. Because the script is atomic, the ids it reads are still in the scheduled set when
+it removes them, so the removal is the claim: no other scheduler can read the same id in
+between. Why bounded: Redis runs nothing else while a script runs, so each call does a small
 batch and the caller loops. Why the job keys are built here from ARGV[3] and not passed in
-KEYS: the ids are only known after the ZRANGEBYSCORE inside this script. That makes the script
-unusable on Redis Cluster, which the daemon rejects at start.
+KEYS: the ids are only known after the ZRANGEBYSCORE inside this script. The same holds for
+the rate limiter's keys (ARGV[6]). That makes the script unusable on Redis Cluster, which the
+daemon rejects at start.
 --]]
 
 local lease_key = KEYS[1]
@@ -109,21 +112,23 @@ local enqueued_at = utc_timestamp(now_s, now_us)
 -- RQ 3.0's Queue._enqueue_rate_limited_job and RateLimitRegistry.acquire_and_enqueue, as one
 -- step: mark the job rate_limited, register the limit, queue the job in the waiting set, then
 -- fill free slots with waiting jobs, oldest first. Scores are whole seconds, as RQ writes them.
+-- fields: enqueue_at_front, enqueue_at_front_on_retry, ended_at, ttl, timeout, rate_limit_key,
+-- rate_limit_concurrency, as read by the HMGET below.
 local function hand_to_rate_limiter(id, job_key, fields)
-  local limit_key = fields[7]
-  local concurrency = tonumber(fields[8])
+  local limit_key = fields[6]
+  local concurrency = tonumber(fields[7])
   local config_key = key_prefix .. 'rl:' .. limit_key
   local allowed_key = config_key .. ':allowed'
   local waiting_key = config_key .. ':rate_limited'
 
   redis.call('HSET', job_key, 'status', 'rate_limited', 'origin', queue_name)
-  if not fields[6] then
+  if not fields[5] then
     redis.call('HSET', job_key, 'timeout', default_timeout)
   end
-  if fields[2] == '1' or (fields[3] == '1' and fields[4] and fields[4] ~= '') then
+  if fields[1] == '1' or (fields[2] == '1' and fields[3] and fields[3] ~= '') then
     redis.call('HSET', job_key, 'enqueue_at_front', '1')
   end
-  local ttl = tonumber(fields[5])
+  local ttl = tonumber(fields[4])
   if ttl and ttl > 0 then
     redis.call('EXPIRE', job_key, ttl)
     redis.call('EXPIRE', job_key .. ':dependents', ttl)
@@ -161,26 +166,41 @@ local moved = 0
 local dropped = 0
 local limited = 0
 local quarantined = {}
-local registered = false
+local to_front = {}
+local to_back = {}
+
+-- LPUSH and RPUSH work on opposite ends, so pushing each end's ids in one call leaves the
+-- list exactly as one push per id in score order would.
+local function flush_pushes()
+  if #to_front > 0 then
+    redis.call('LPUSH', queue_key, unpack(to_front))
+    to_front = {}
+  end
+  if #to_back > 0 then
+    redis.call('RPUSH', queue_key, unpack(to_back))
+    to_back = {}
+  end
+end
+
+-- ZRANGEBYSCORE from -inf returned the lowest ranks, so one range removal claims them all.
+if #ids > 0 then
+  redis.call('ZREMRANGEBYRANK', scheduled_key, 0, #ids / 2 - 1)
+end
 
 for i = 1, #ids, 2 do
   local id = ids[i]
   local score = ids[i + 1]
   local job_key = job_prefix .. id
 
-  -- The script is atomic, so this ZREM always claims the id; it stays one call per id so the
-  -- removal and the push of each id sit side by side.
-  redis.call('ZREM', scheduled_key, id)
-
-  local fields = redis.pcall('HMGET', job_key, 'data', 'enqueue_at_front',
-    'enqueue_at_front_on_retry', 'ended_at', 'ttl', 'timeout',
-    'rate_limit_key', 'rate_limit_concurrency')
+  local fields = redis.pcall('HMGET', job_key, 'enqueue_at_front', 'enqueue_at_front_on_retry',
+    'ended_at', 'ttl', 'timeout', 'rate_limit_key', 'rate_limit_concurrency')
 
   if type(fields) == 'table' and fields.err then
     redis.call('ZADD', quarantine_key, score, id)
     quarantined[#quarantined + 1] = id
     quarantined[#quarantined + 1] = 'wrong_type'
-  elseif not fields[1] then
+  -- HSTRLEN checks that data is there without copying the payload into Lua.
+  elseif redis.call('HSTRLEN', job_key, 'data') == 0 then
     if redis.call('EXISTS', job_key) == 0 then
       dropped = dropped + 1
     else
@@ -188,38 +208,37 @@ for i = 1, #ids, 2 do
       quarantined[#quarantined + 1] = id
       quarantined[#quarantined + 1] = 'no_data'
     end
-  elseif fields[7] and fields[7] ~= '' and tonumber(fields[8]) and tonumber(fields[8]) > 0 then
+  elseif fields[6] and fields[6] ~= '' and tonumber(fields[7]) and tonumber(fields[7]) > 0 then
+    -- The limiter may push onto this queue list too, so earlier ids go first.
+    flush_pushes()
     hand_to_rate_limiter(id, job_key, fields)
     limited = limited + 1
   else
-    local at_front = fields[2] == '1'
-      or (fields[3] == '1' and fields[4] and fields[4] ~= '')
-
     redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at, 'origin', queue_name)
-    if not fields[6] then
+    if not fields[5] then
       redis.call('HSET', job_key, 'timeout', default_timeout)
     end
 
-    if at_front then
-      redis.call('LPUSH', queue_key, id)
+    if fields[1] == '1' or (fields[2] == '1' and fields[3] and fields[3] ~= '') then
+      to_front[#to_front + 1] = id
     else
-      redis.call('RPUSH', queue_key, id)
+      to_back[#to_back + 1] = id
     end
 
-    local ttl = tonumber(fields[5])
+    local ttl = tonumber(fields[4])
     if ttl and ttl > 0 then
       redis.call('EXPIRE', job_key, ttl)
       redis.call('EXPIRE', job_key .. ':dependents', ttl)
       -- RQ spells this key with two colons: <prefix>:<id>:dependencies where prefix ends in ':'.
       redis.call('EXPIRE', job_prefix .. ':' .. id .. ':dependencies', ttl)
     end
-
-    if not registered then
-      redis.call('SADD', queues_key, queue_key)
-      registered = true
-    end
     moved = moved + 1
   end
+end
+
+flush_pushes()
+if moved > 0 then
+  redis.call('SADD', queues_key, queue_key)
 end
 
 local next_due = ''
