@@ -40,7 +40,7 @@ PROMOTION_LOG_INTERVAL_S = 10.0
 # With balance on, a queue handed over to another member and still without a leader after this
 # many renew intervals is contested by everyone again.
 HANDOVER_GRACE_RENEWALS = 3
-# Longest time between two keyspace scans for scheduled sets matching a queue pattern.
+# Maximum time between two keyspace scans for scheduled sets matching a queue pattern.
 SCAN_INTERVAL_S = 60.0
 
 
@@ -58,7 +58,7 @@ class Scheduler:
     """Promote due RQ jobs of the given queues for as long as this instance holds their leases.
 
     ``run()`` blocks until ``stop()`` is called (from another thread or a signal handler), then
-    steps down: the batch in flight finishes, every lease is released and the standbys are told.
+    steps down: the batch in flight finishes, every lease is released and the standbys are notified.
     """
 
     def __init__(
@@ -190,7 +190,7 @@ class Scheduler:
                     observer.iteration_finished(self)
             except (RedisConnectionError, RedisTimeoutError, ResponseError) as error:
                 # ResponseError here is BUSY, LOADING, READONLY after a failover or OOM: the
-                # server answers but cannot serve us right now, so back off the same way.
+                # server responds but cannot serve us right now, so back off the same way.
                 delay_s = self._note_unavailable(error)
                 for observer in self._observers:
                     observer.redis_failed(self, error)
@@ -227,7 +227,7 @@ class Scheduler:
     # One loop iteration
 
     def _iterate(self) -> float:
-        """Contest, renew and promote as their timers say; return seconds until the next iteration."""
+        """Contest, renew and promote when their timers are due; return seconds until the next iteration."""
         self._discover_queues()
         now = self._clock()
         self._check_handovers(now)
@@ -287,7 +287,7 @@ class Scheduler:
     def _contest(self, only_preferred: bool) -> None:
         """Try to acquire free leases; with balance on, ``only_preferred`` skips other members' queues.
 
-        Prompted contests (a step-down or expiry message) go to the preferred leader alone; the
+        Prompted contests (after a step-down message) go to the preferred leader alone. The
         timed contest and the first one take any free queue, so a queue whose preferred leader
         is gone still gets a leader.
         """
@@ -514,8 +514,8 @@ class Scheduler:
         # A pattern may match a queue that discovery has not seen yet.
         self._next_discovery_at = 0.0
         if cause == "expired":
-            # A crashed member can still look live in the members hash for a moment, so with
-            # balance on every standby contests; the next renewal hands the queue on if needed.
+            # A crashed member can still look live in the members hash for a moment. With balance
+            # on, every standby therefore contests, and the next renewal hands the queue on if needed.
             self._contest_all_requested = True
         self.request_contest()
 

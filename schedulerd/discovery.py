@@ -1,4 +1,4 @@
-"""Queue selection: literal queue names and glob patterns resolved against what RQ knows."""
+"""Queue selection: literal queue names, and glob patterns matched against the queues RQ lists."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ class RenewOutcome:
     taken: tuple[str, ...]
     """Queues whose lease now holds another token: another scheduler leads them."""
     expired: tuple[str, ...]
-    """Queues whose lease key no longer exists: nobody leads them until a contest."""
+    """Queues whose lease key no longer exists: they have no leader until the next contest."""
 
 
 @dataclass

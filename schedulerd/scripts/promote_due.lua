@@ -12,7 +12,7 @@ ARGV[1]  token            digits   the caller's lease token
 ARGV[2]  batch size       integer  at most this many ids move in one call
 ARGV[3]  job key prefix   string   rq:job: (a job hash is <prefix><id>)
 ARGV[4]  queue name       string   written as the job's origin
-ARGV[5]  default timeout  integer  seconds; written only when the job hash has no timeout
+ARGV[5]  default timeout  integer  seconds; written only when the job's timeout is missing or empty
 ARGV[6]  key prefix       string   rq: (RQ's rate limiter keys are <prefix>rl:<key>..., queue lists
                                    <prefix>queue:<name>)
 ARGV[7]  now override     string   optional Unix seconds used instead of the server's TIME, so
@@ -27,12 +27,14 @@ Returns {code, moved, dropped, now, next_due, quarantined, oldest_due, limited}
   next_due     the lowest score left in the scheduled set as a string, or "" when empty;
                a value <= now means more ids are due and the caller should call again
   quarantined  pairs of (id, reason) moved to the quarantine set, reason is one of
-               "wrong_type" (the job key is not a hash), "no_data" (the hash has no data field)
+               "wrong_type" (the job key is not a hash) or "no_data" (the hash has no data
+               field, or an empty one, which no worker can load)
   oldest_due   the lowest score this call took from the scheduled set as a string, or "" when
                it took none; now - oldest_due is the call's worst lateness
   limited      ids handed to RQ 3.0's rate limiter (jobs with rate_limit_key and
-               rate_limit_concurrency); the limiter pushes them when a slot is free, exactly as
-               RQ 3.0's own scheduler does
+               rate_limit_concurrency), with the same writes as RQ 3.0's own scheduler; the
+               limiter pushes them when a slot is free. Unlike RQ, which hands them over after
+               the batch's other jobs, this keeps due order within the batch
 
 Why a script: the lease check, the removal from the scheduled set and the push must be one
 atomic step, so a deposed leader (paused past its lease TTL, then resumed) cannot push
@@ -91,8 +93,8 @@ if redis.call('GET', lease_key) ~= token then
   return {0, 0, 0, '', '', {}, '', 0}
 end
 
--- Redis before 7 replicates scripts verbatim unless told otherwise; TIME before a write is
--- only allowed with effects replication.
+-- Redis before 7 replicates scripts verbatim unless a script asks for effects replication,
+-- and only effects replication allows TIME before a write.
 if redis.replicate_commands then
   redis.replicate_commands()
 end
@@ -122,7 +124,7 @@ local function hand_to_rate_limiter(id, job_key, fields)
   local waiting_key = config_key .. ':rate_limited'
 
   redis.call('HSET', job_key, 'status', 'rate_limited', 'origin', queue_name)
-  if not fields[5] then
+  if not fields[5] or fields[5] == '' then
     redis.call('HSET', job_key, 'timeout', default_timeout)
   end
   if fields[1] == '1' or (fields[2] == '1' and fields[3] and fields[3] ~= '') then
@@ -215,7 +217,8 @@ for i = 1, #ids, 2 do
     limited = limited + 1
   else
     redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at, 'origin', queue_name)
-    if not fields[5] then
+    -- RQ reads an empty timeout as none, as it does a missing one.
+    if not fields[5] or fields[5] == '' then
       redis.call('HSET', job_key, 'timeout', default_timeout)
     end
 

@@ -15,8 +15,16 @@ The spec is a JSON list of objects with these fields:
     at_front  enqueue at the head of the queue list when promoted (default false)
     ttl       job TTL in seconds, or null
     retry     [max, interval_s] for rq.Retry, or null
+    retry_at_front  pass enqueue_at_front=True to rq.Retry, which RQ 1.16 lacks (default false)
     repeat    [times, interval_s] for rq.Repeat (RQ 2.3 and later), or null
     job_id    explicit job id, or absent for a generated one
+    timeout   job timeout in seconds (RQ's job_timeout), or absent for the queue default
+    description  job description string, or absent for RQ's generated one
+    result_ttl   seconds RQ keeps a successful job's result, or absent
+    failure_ttl  seconds RQ keeps a failed job, or absent
+    meta      JSON object stored as the job's meta, or absent
+    queue     queue name for this job instead of --queue, or absent
+    rate_limit  [key, concurrency] for rq.rate_limit.RateLimit (not in RQ 1.16 or 2.12), or absent
 
 Prints the JSON list of created job ids on stdout. Exits 2 on an invalid spec, before creating any job.
 """
@@ -38,7 +46,8 @@ from tests.support import rq_jobs
 KINDS = {"enqueue_at", "enqueue_in", "enqueue"}
 FIELDS = {
     "kind", "at", "naive", "in_s", "marker", "func", "fail_n", "sleep_s",
-    "at_front", "ttl", "retry", "repeat", "job_id",
+    "at_front", "ttl", "retry", "retry_at_front", "repeat", "job_id",
+    "timeout", "description", "result_ttl", "failure_ttl", "meta", "queue", "rate_limit",
 }  # fmt: skip
 
 
@@ -64,9 +73,31 @@ def _options(item: dict[str, Any]) -> dict[str, Any]:
         options["ttl"] = int(item["ttl"])
     if item.get("job_id") is not None:
         options["job_id"] = str(item["job_id"])
+    if item.get("timeout") is not None:
+        options["job_timeout"] = int(item["timeout"])
+    if item.get("description") is not None:
+        options["description"] = str(item["description"])
+    for name in ("result_ttl", "failure_ttl"):
+        if item.get(name) is not None:
+            options[name] = int(item[name])
+    if item.get("meta") is not None:
+        if not isinstance(item["meta"], dict):
+            raise SpecError(f"meta must be a JSON object, got {item['meta']!r}")
+        options["meta"] = dict(item["meta"])
     if item.get("retry") is not None:
         max_retries, interval_s = item["retry"]
-        options["retry"] = Retry(max=int(max_retries), interval=int(interval_s))
+        retry_options: dict[str, Any] = {}
+        if item.get("retry_at_front", False):
+            # RQ 1.16's Retry has no enqueue_at_front and raises TypeError for it.
+            retry_options["enqueue_at_front"] = True
+        try:
+            options["retry"] = Retry(max=int(max_retries), interval=int(interval_s), **retry_options)
+        except TypeError as error:
+            raise SpecError(
+                f"this RQ release's Retry does not take {sorted(retry_options)}: {error}"
+            ) from error
+    elif item.get("retry_at_front", False):
+        raise SpecError("retry_at_front needs retry")
     if item.get("repeat") is not None:
         try:
             from rq import Repeat  # type: ignore[attr-defined,unused-ignore]
@@ -74,6 +105,15 @@ def _options(item: dict[str, Any]) -> dict[str, Any]:
             raise SpecError("repeat needs rq.Repeat, which exists only in RQ 2.3 and later") from error
         times, interval_s = item["repeat"]
         options["repeat"] = Repeat(times=int(times), interval=int(interval_s))
+    if item.get("rate_limit") is not None:
+        try:
+            from rq.rate_limit import RateLimit  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as error:
+            raise SpecError(
+                "rate_limit needs rq.rate_limit.RateLimit, which RQ 1.16 and 2.12 lack"
+            ) from error
+        key, concurrency = item["rate_limit"]
+        options["rate_limit"] = RateLimit(str(key), int(concurrency))
     return options
 
 
@@ -97,6 +137,7 @@ class PlannedJob:
     options: dict[str, Any]
     due_at: datetime | None
     delay: timedelta | None
+    queue: str | None = None
 
 
 def plan(item: dict[str, Any]) -> PlannedJob:
@@ -113,6 +154,9 @@ def plan(item: dict[str, Any]) -> PlannedJob:
         raise SpecError("enqueue_in needs 'in_s' (seconds)")
 
     func, args = _job_call(item)
+    queue = item.get("queue")
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise SpecError(f"queue must be a non-empty string, got {queue!r}")
     return PlannedJob(
         kind=kind,
         func=func,
@@ -120,6 +164,7 @@ def plan(item: dict[str, Any]) -> PlannedJob:
         options=_options(item),
         due_at=_due_datetime(item) if kind == "enqueue_at" else None,
         delay=timedelta(seconds=float(item["in_s"])) if kind == "enqueue_in" else None,
+        queue=queue,
     )
 
 
@@ -151,8 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid spec: {error}", file=sys.stderr)
         return 2
 
-    queue = Queue(args.queue, connection=Redis.from_url(args.url))
-    job_ids = [schedule(queue, planned) for planned in planned_jobs]
+    connection = Redis.from_url(args.url)
+    queues: dict[str, Queue] = {}
+    job_ids = []
+    for planned in planned_jobs:
+        name = planned.queue or args.queue
+        if name not in queues:
+            queues[name] = Queue(name, connection=connection)
+        job_ids.append(schedule(queues[name], planned))
     print(json.dumps(job_ids))
     return 0
 
