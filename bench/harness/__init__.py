@@ -1,0 +1,1 @@
+"""Shared pieces of the benchmarks: private redis-server processes, child processes, RQ job data, reports."""
