@@ -85,11 +85,10 @@ def call_once(client: redis.Redis, sha: str, style: str, token: str, batch_size:
     if style == "lease":
         moved = int(client.evalsha(sha, 3, lease, scheduled, queue_list, token, batch_size, "rq:job:", QUEUE))
         return moved, moved == batch_size
-    # NOTE: reads Promoter's private key and argument lists, so the variants get exactly what
-    # schedulerd sends; a change of their signatures breaks this line first.
+    # The variants get exactly the keys and arguments schedulerd sends.
     promoter = Promoter(client, Keys(), batch_size, DEFAULT_JOB_TIMEOUT_S)
-    keys = promoter._call_keys(QUEUE)
-    args = promoter._call_args(QUEUE, token)
+    keys = promoter.call_keys(QUEUE)
+    args = promoter.call_args(QUEUE, token)
     reply = client.evalsha(sha, len(keys), *keys, *args)
     if reply[0] != 1:
         raise RuntimeError(f"{sha}: the lease was not held")

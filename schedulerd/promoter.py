@@ -105,7 +105,7 @@ class Promoter:
         if not queues:
             return []
 
-        calls = [(self._call_keys(queue), self._call_args(queue, token)) for queue in queues]
+        calls = [(self.call_keys(queue), self.call_args(queue, token)) for queue in queues]
         replies = run_script(self._client, PROMOTE_DUE, calls)
 
         results = []
@@ -116,7 +116,8 @@ class Promoter:
                 results.append(_parse_result(queue, reply))
         return results
 
-    def _call_keys(self, queue: str) -> list[str | bytes]:
+    def call_keys(self, queue: str) -> list[str | bytes]:
+        """Return the KEYS of one promote_due.lua call, as the header of the script lists them."""
         return [
             self._keys.lease(queue),
             self._keys.scheduled_set(queue),
@@ -125,7 +126,8 @@ class Promoter:
             self._keys.quarantine(queue),
         ]
 
-    def _call_args(self, queue: str, token: str) -> list[str | bytes | int | float]:
+    def call_args(self, queue: str, token: str) -> list[str | bytes | int | float]:
+        """Return the ARGV of one promote_due.lua call, as the header of the script lists them."""
         return [
             token,
             self._batch_size,
