@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -13,6 +13,8 @@ from redis.sentinel import Sentinel
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
+# URL query arguments that carry a secret, masked in logs.
+SECRET_ARGUMENTS = frozenset({"password", "sentinel_password"})
 # A command blocked longer than this is treated as a lost connection. Promote calls take a
 # few milliseconds, so this only fires on a stalled server or network.
 SOCKET_TIMEOUT_S = 5.0
@@ -84,32 +86,31 @@ def parse_sentinel_url(url: str) -> SentinelURL:
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with its passwords replaced by ***, for logs and error messages."""
+    """Return ``url`` with every password replaced by ***, for logs and error messages.
+
+    Covers the user-info part and the password and sentinel_password query arguments, which
+    redis-py also reads.
+    """
     scheme, separator, rest = url.partition("://")
-    if scheme in SENTINEL_SCHEMES and separator:
-        head, _, query = rest.partition("?")
-        if "@" in head:
-            credentials, host_part = head.rsplit("@", 1)
-            user = credentials.partition(":")[0]
-            head = f"{user}:***@{host_part}" if ":" in credentials else head
-        if "sentinel_password=" in query:
-            query = "&".join(
-                "sentinel_password=***" if item.startswith("sentinel_password=") else item
-                for item in query.split("&")
-            )
-        return f"{scheme}://{head}" + (f"?{query}" if query else "")
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparseable URL>"
-    if not password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if not separator:
+        return "<unparseable URL>" if "@" in url or "password" in url else url
+    head, has_query, query = rest.partition("?")
+    netloc, slash, path = head.partition("/")
+    if "@" in netloc:
+        credentials, hosts = netloc.rsplit("@", 1)
+        user, has_password, _ = credentials.partition(":")
+        if has_password:
+            netloc = f"{user}:***@{hosts}"
+    if has_query:
+        query = "&".join(_redact_argument(item) for item in query.split("&"))
+    return f"{scheme}://{netloc}{slash}{path}" + (f"?{query}" if has_query else "")
+
+
+def _redact_argument(item: str) -> str:
+    name, has_value, _ = item.partition("=")
+    if has_value and name.lower() in SECRET_ARGUMENTS:
+        return f"{name}=***"
+    return item
 
 
 def _retry(retries: int) -> Retry:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -12,7 +13,7 @@ from typing import Any
 import structlog
 from redis import ConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schedulerd.balance import Member, Membership, assign_leaders
@@ -457,6 +458,8 @@ class Scheduler:
     def _note_recovered(self) -> None:
         if self._unavailable_since is not None:
             log.info("redis_recovered", down_s=round(self._clock() - self._unavailable_since, 3))
+            # Leases may have expired during the outage, and their expiry events were missed.
+            self._contest_all_requested = True
         self._unavailable_since = None
         self._failed_attempts = 0
 
@@ -473,14 +476,23 @@ class Scheduler:
 
     def _check_server(self) -> None:
         """Reject servers the daemon cannot use safely, and warn about risky settings."""
-        info = self._client.info("server")
+        try:
+            info = self._client.info("server")
+            cluster = self._client.info("cluster")
+        except NoPermissionError as error:
+            log.warning(
+                "server_checks_skipped",
+                error=str(error),
+                detail="INFO is not allowed, so the Redis version and Cluster mode are not checked",
+            )
+            self._log_failover_paths()
+            return
         version = tuple(int(part) for part in str(info.get("redis_version", "0.0.0")).split(".")[:3])
         if version < MIN_REDIS_VERSION:
             raise UnsupportedServerError(
                 f"Redis {info.get('redis_version')} is too old: schedulerd needs Redis 5.0 or newer; upgrade the server"
             )
 
-        cluster = self._client.info("cluster")
         if cluster.get("cluster_enabled") in (1, "1"):
             raise UnsupportedServerError(
                 "Redis Cluster is not supported: a queue's scheduled set and its queue list hash to "
@@ -551,13 +563,16 @@ class Scheduler:
             if self._membership is not None:
                 # Leave first, so the standbys that hear the release no longer prefer this instance.
                 self._membership.leave()
+            held = sorted(self._leases.held)
             released = self._leases.release()
             for queue in released:
                 log.info("lease_released", queue=queue)
                 for observer in self._observers:
                     observer.lease_changed(queue, "released")
-            if released:
-                self._client.publish(self._keys.handoff_channel(), json.dumps(released))
+            if held:
+                # Every queue held, not only those the release reported: when the reply to a
+                # release was lost and the retry found the key gone, the standbys must still hear.
+                self._client.publish(self._keys.handoff_channel(), json.dumps(held))
             self._leases.delete_info()
         except RedisError as error:
             # The leases expire on their own after the lease TTL.
@@ -592,5 +607,7 @@ class _PromotionTotals:
     def add(self, result: PromoteResult) -> None:
         self.moved += result.moved
         self.limited += result.limited
-        if result.lateness_s is not None:
+        # A score of -inf gives an infinite lateness, which JSON cannot carry; such ids are
+        # reported by the promotion count alone.
+        if result.lateness_s is not None and math.isfinite(result.lateness_s):
             self.max_lateness_s = max(self.max_lateness_s, round(result.lateness_s, 6))

@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import structlog
 from redis import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.client import PubSub
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from schedulerd.keys import Keys
 
@@ -78,13 +79,14 @@ class HandoffListener:
 
     def _listen(self) -> None:
         attempts = 0
+        refused: set[str] = set()
         while not self._stopping.is_set():
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(self._released_channel, self._wakeup_channel, expired_channel(self._client))
-                attempts = 0
+                self._subscribe(pubsub, refused)
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=POLL_TIMEOUT_S)
+                    attempts = 0
                     if message is not None:
                         self._dispatch(message.get("channel"), message.get("data"))
             except RedisError as error:
@@ -95,7 +97,29 @@ class HandoffListener:
             finally:
                 pubsub.close()
 
+    def _subscribe(self, pubsub: PubSub, refused: set[str]) -> None:
+        """Subscribe to each channel on its own, so an ACL that refuses one keeps the others."""
+        channels = [self._released_channel, self._wakeup_channel, expired_channel(self._client).encode()]
+        for channel in channels:
+            try:
+                pubsub.subscribe(channel)
+                # The reply to SUBSCRIBE carries a permission error, if any.
+                message = pubsub.get_message(timeout=POLL_TIMEOUT_S)
+                if message is not None:
+                    self._dispatch(message.get("channel"), message.get("data"))
+            except NoPermissionError as error:
+                name = channel.decode()
+                if name not in refused:
+                    refused.add(name)
+                    log.warning("handoff_channel_refused", channel=name, error=str(error))
+
     def _dispatch(self, channel: object, data: object) -> None:
+        try:
+            self._handle(channel, data)
+        except Exception as error:  # noqa: BLE001 - one bad message must not end the thread
+            log.warning("handoff_message_ignored", channel=str(channel), error=repr(error)[:200])
+
+    def _handle(self, channel: object, data: object) -> None:
         if not isinstance(data, bytes):
             return
         if channel == self._wakeup_channel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,7 +47,8 @@ class PromoteResult:
     @property
     def lateness_s(self) -> float | None:
         """Worst lateness of this call: server time minus the lowest score it took."""
-        if self.oldest_due_s is None:
+        if self.oldest_due_s is None or not math.isfinite(self.oldest_due_s):
+            # An id scored -inf has no meaningful lateness.
             return None
         return self.now_s - self.oldest_due_s
 

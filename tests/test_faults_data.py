@@ -147,13 +147,6 @@ class TestBrokenJobs:
         assert {entry["reason"] for entry in quarantined} == {reason}
         stop_cleanly(daemon)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="the promote script removes the whole batch from the scheduled set first and pushes it "
-        "last, so a runtime error on one job in between (EXPIRE with a ttl that is not an integer, HSET "
-        "on a rate limiter key of the wrong type) ends the script with the batch removed and not pushed; "
-        "Redis keeps a script's writes up to the error, so every id of that batch is lost",
-    )
     @pytest.mark.parametrize("poison", ["non-integer-ttl", "rate-limit-key-wrong-type"])
     def test_poisoned_job_loses_no_other_job(self, redis_server, start_process, poison):
         client = redis_server.client()
@@ -209,22 +202,10 @@ class TestWrongKeyTypes:
         [
             pytest.param(
                 KEYS.queue_list(QUEUE),
-                marks=pytest.mark.xfail(
-                    strict=True,
-                    reason="RPUSH onto a queue list of the wrong type fails after the script removed the "
-                    "whole batch from the scheduled set and set the jobs' status to queued. Redis keeps "
-                    "those writes, so every promote call loses a batch",
-                ),
                 id="queue-list",
             ),
             pytest.param(
                 KEYS.quarantine(QUEUE),
-                marks=pytest.mark.xfail(
-                    strict=True,
-                    reason="ZADD onto a quarantine key of the wrong type fails after the script removed "
-                    "the whole batch from the scheduled set, so the batch with the unusable job vanishes "
-                    "instead of being promoted and quarantined",
-                ),
                 id="quarantine",
             ),
         ],
@@ -266,12 +247,6 @@ class TestWrongKeyTypes:
         assert_each_promoted_once(client, QUEUE, job_ids)
         assert moved in (0, len(job_ids)), f"{moved} of {len(job_ids)} jobs moved while promote calls failed"
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="one lease key of the wrong type makes the acquire script raise WRONGTYPE for every queue "
-        "contested with it. The loop treats that as Redis being unavailable, so no queue is promoted "
-        "and held leases are not renewed",
-    )
     def test_wrong_type_lease_blocks_one_queue(self, redis_server, start_process):
         client = redis_server.client()
         client.rpush(KEYS.lease("blocked"), "not a lease")
@@ -342,11 +317,6 @@ class TestScores:
         assert placement(client, QUEUE).scheduled == set(not_due)
         assert daemon.is_running()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a -inf score makes lateness infinite, and the JSON renderer writes max_lateness_s as "
-        "Infinity, which is not JSON (RFC 8259), so log shippers reject the jobs_promoted line",
-    )
     def test_minus_infinity_keeps_json_logs(self, redis_server, start_process):
         client = redis_server.client()
         daemon = start_daemon(start_process, redis_server.url)
@@ -451,12 +421,6 @@ class TestHostileMessages:
             pytest.param(b"\xff\xfe", id="not-utf8"),
             pytest.param(
                 b"[" * 100_000 + b"]" * 100_000,
-                marks=pytest.mark.xfail(
-                    strict=True,
-                    reason="json.loads raises RecursionError for deeply nested arrays, but the handoff "
-                    "listener catches only ValueError and TypeError, so its thread dies and the "
-                    "standby no longer hears step-downs or lease expiries",
-                ),
                 id="deeply-nested",
             ),
         ],

@@ -258,12 +258,6 @@ class TestStalledConnections:
         assert old.wait(10) == 0
 
     @pytest.mark.slow
-    @pytest.mark.xfail(
-        strict=True,
-        reason="when the reply to the release is lost, the retried release finds the key already gone and "
-        "reports it as not released, so the leader publishes no handoff message. The key was deleted, "
-        "not expired, so no expiry event fires either, and standbys wait for their contest interval",
-    )
     def test_lost_release_reply_still_wakes_standby(self, redis_server, proxy, start_process):
         client = redis_server.client()
         old = start_schedulerd(start_process, proxy.url(), [QUEUE], *FAST_LEASES, name="schedulerd-proxied")

@@ -6,7 +6,7 @@ ARGV[1]  token       digits   the caller's lease token
 ARGV[2]  ttl         integer  time to live of an acquired lease, milliseconds
 
 Returns one integer per key, in KEYS order: 1 acquired (or already the caller's, now extended),
-0 held by another value.
+0 held by another value (or a key of another type, which only an operator can clear).
 
 Why a script and not bare SET NX PX: when a reply is lost and the client retries, the key
 already holds the caller's token, and SET NX alone would report the lease as someone else's.
@@ -19,7 +19,7 @@ local outcomes = {}
 for i = 1, #KEYS do
   if redis.call('SET', KEYS[i], token, 'NX', 'PX', ttl_ms) then
     outcomes[i] = 1
-  elseif redis.call('GET', KEYS[i]) == token then
+  elseif redis.pcall('GET', KEYS[i]) == token then
     redis.call('PEXPIRE', KEYS[i], ttl_ms)
     outcomes[i] = 1
   else

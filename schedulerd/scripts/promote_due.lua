@@ -27,14 +27,22 @@ Returns {code, moved, dropped, now, next_due, quarantined, oldest_due, limited}
   next_due     the lowest score left in the scheduled set as a string, or "" when empty;
                a value <= now means more ids are due and the caller should call again
   quarantined  pairs of (id, reason) moved to the quarantine set, reason is one of
-               "wrong_type" (the job key is not a hash) or "no_data" (the hash has no data
-               field, or an empty one, which no worker can load)
+               "wrong_type" (the job key is not a hash), "no_data" (the hash has no data
+               field, or an empty one, which no worker can load), "invalid_ttl" (a ttl that
+               is not a whole number, which RQ cannot read) or "rate_limit_wrong_type" (a key
+               of the job's rate limit has the wrong type)
   oldest_due   the lowest score this call took from the scheduled set as a string, or "" when
                it took none; now - oldest_due is the call's worst lateness
   limited      ids handed to RQ 3.0's rate limiter (jobs with rate_limit_key and
                rate_limit_concurrency), with the same writes as RQ 3.0's own scheduler; the
                limiter pushes them when a slot is free. Unlike RQ, which hands them over after
                the batch's other jobs, this keeps due order within the batch
+
+Errors: a queue list, queues set or quarantine of the wrong type makes the call fail with a
+WRONGTYPE error before it writes anything. Redis keeps a script's writes up to an error, so
+each id is removed from the scheduled set only together with the write that finishes it: an
+unexpected error (an ACL that lacks a command, say) leaves the ids not yet finished in the
+scheduled set for the next call, and none is pushed twice.
 
 Why a script: the lease check, the removal from the scheduled set and the push must be one
 atomic step, so a deposed leader (paused past its lease TTL, then resumed) cannot push
@@ -112,7 +120,7 @@ local now = string.format('%d.%06d', now_s, now_us)
 local enqueued_at = utc_timestamp(now_s, now_us)
 
 -- RQ 3.0's Queue._enqueue_rate_limited_job and RateLimitRegistry.acquire_and_enqueue, as one
--- step: mark the job rate_limited, register the limit, queue the job in the waiting set, then
+-- step (returns false, having written nothing, when one of the limit's keys has the wrong type): mark the job rate_limited, register the limit, queue the job in the waiting set, then
 -- fill free slots with waiting jobs, oldest first. Scores are whole seconds, as RQ writes them.
 -- fields: enqueue_at_front, enqueue_at_front_on_retry, ended_at, ttl, timeout, rate_limit_key,
 -- rate_limit_concurrency, as read by the HMGET below.
@@ -122,6 +130,16 @@ local function hand_to_rate_limiter(id, job_key, fields)
   local config_key = key_prefix .. 'rl:' .. limit_key
   local allowed_key = config_key .. ':allowed'
   local waiting_key = config_key .. ':rate_limited'
+  local registry_key = key_prefix .. 'rl-keys'
+
+  -- Checked before any write, so a bad key cannot leave a half-finished hand-over.
+  for _, check in ipairs({{config_key, 'hash'}, {allowed_key, 'zset'}, {waiting_key, 'zset'},
+      {registry_key, 'set'}}) do
+    local kind = redis.call('TYPE', check[1]).ok
+    if kind ~= 'none' and kind ~= check[2] then
+      return false
+    end
+  end
 
   redis.call('HSET', job_key, 'status', 'rate_limited', 'origin', queue_name)
   if not fields[5] or fields[5] == '' then
@@ -131,12 +149,12 @@ local function hand_to_rate_limiter(id, job_key, fields)
     redis.call('HSET', job_key, 'enqueue_at_front', '1')
   end
   local ttl = tonumber(fields[4])
-  if ttl and ttl > 0 then
+  if ttl and ttl > 0 and ttl == math.floor(ttl) then
     redis.call('EXPIRE', job_key, ttl)
     redis.call('EXPIRE', job_key .. ':dependents', ttl)
     redis.call('EXPIRE', job_prefix .. ':' .. id .. ':dependencies', ttl)
   end
-  redis.call('SADD', key_prefix .. 'rl-keys', limit_key)
+  redis.call('SADD', registry_key, limit_key)
   redis.call('HSET', config_key, 'concurrency', concurrency)
   redis.call('ZADD', waiting_key, now_s, id)
 
@@ -148,17 +166,31 @@ local function hand_to_rate_limiter(id, job_key, fields)
     end
     local waiting_id = popped[1]
     local waiting_job_key = job_prefix .. waiting_id
-    local waiting = redis.call('HMGET', waiting_job_key, 'origin', 'status', 'enqueue_at_front')
-    -- Like RQ, drop stale entries: a missing hash, no origin, or a job no longer rate_limited.
-    if waiting[1] and waiting[2] == 'rate_limited' then
-      redis.call('ZADD', allowed_key, now_s, waiting_id)
+    local waiting = redis.pcall('HMGET', waiting_job_key, 'origin', 'status', 'enqueue_at_front')
+    -- Like RQ, drop stale entries: a missing hash (or a key of another type), no origin, or a
+    -- job no longer rate_limited.
+    if not waiting.err and waiting[1] and waiting[2] == 'rate_limited' then
+      local push = 'RPUSH'
       if waiting[3] == '1' then
-        redis.call('LPUSH', key_prefix .. 'queue:' .. waiting[1], waiting_id)
-      else
-        redis.call('RPUSH', key_prefix .. 'queue:' .. waiting[1], waiting_id)
+        push = 'LPUSH'
       end
+      local pushed = redis.pcall(push, key_prefix .. 'queue:' .. waiting[1], waiting_id)
+      if type(pushed) == 'table' and pushed.err then
+        -- Its queue list has the wrong type: keep it waiting rather than lose it.
+        redis.call('ZADD', waiting_key, popped[2], waiting_id)
+        break
+      end
+      redis.call('ZADD', allowed_key, now_s, waiting_id)
       redis.call('HSET', waiting_job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
     end
+  end
+  return true
+end
+
+for _, check in ipairs({{queue_key, 'list'}, {queues_key, 'set'}, {quarantine_key, 'zset'}}) do
+  local kind = redis.call('TYPE', check[1]).ok
+  if kind ~= 'none' and kind ~= check[2] then
+    return redis.error_reply('WRONGTYPE ' .. check[1] .. ' is a ' .. kind .. ', not a ' .. check[2])
   end
 end
 
@@ -171,9 +203,15 @@ local quarantined = {}
 local to_front = {}
 local to_back = {}
 
--- LPUSH and RPUSH work on opposite ends, so pushing each end's ids in one call leaves the
--- list exactly as one push per id in score order would.
+-- Push the ids waiting for a push and claim them in the same step. They are the lowest
+-- ranks left in the scheduled set: every id before them in the batch was either among them
+-- or already removed on its own. LPUSH and RPUSH work on opposite ends, so one call per end
+-- leaves the list exactly as one push per id in score order would.
 local function flush_pushes()
+  local count = #to_front + #to_back
+  if count == 0 then
+    return
+  end
   if #to_front > 0 then
     redis.call('LPUSH', queue_key, unpack(to_front))
     to_front = {}
@@ -182,11 +220,14 @@ local function flush_pushes()
     redis.call('RPUSH', queue_key, unpack(to_back))
     to_back = {}
   end
+  redis.call('ZREMRANGEBYRANK', scheduled_key, 0, count - 1)
 end
 
--- ZRANGEBYSCORE from -inf returned the lowest ranks, so one range removal claims them all.
-if #ids > 0 then
-  redis.call('ZREMRANGEBYRANK', scheduled_key, 0, #ids / 2 - 1)
+local function quarantine(id, score, reason)
+  redis.call('ZADD', quarantine_key, score, id)
+  redis.call('ZREM', scheduled_key, id)
+  quarantined[#quarantined + 1] = id
+  quarantined[#quarantined + 1] = reason
 end
 
 for i = 1, #ids, 2 do
@@ -196,25 +237,33 @@ for i = 1, #ids, 2 do
 
   local fields = redis.pcall('HMGET', job_key, 'enqueue_at_front', 'enqueue_at_front_on_retry',
     'ended_at', 'ttl', 'timeout', 'rate_limit_key', 'rate_limit_concurrency')
+  local ttl = nil
+  if not fields.err then
+    ttl = tonumber(fields[4])
+  end
 
-  if type(fields) == 'table' and fields.err then
-    redis.call('ZADD', quarantine_key, score, id)
-    quarantined[#quarantined + 1] = id
-    quarantined[#quarantined + 1] = 'wrong_type'
+  if fields.err then
+    quarantine(id, score, 'wrong_type')
   -- HSTRLEN checks that data is there without copying the payload into Lua.
   elseif redis.call('HSTRLEN', job_key, 'data') == 0 then
     if redis.call('EXISTS', job_key) == 0 then
+      redis.call('ZREM', scheduled_key, id)
       dropped = dropped + 1
     else
-      redis.call('ZADD', quarantine_key, score, id)
-      quarantined[#quarantined + 1] = id
-      quarantined[#quarantined + 1] = 'no_data'
+      quarantine(id, score, 'no_data')
     end
+  elseif fields[4] and fields[4] ~= '' and (not ttl or ttl ~= math.floor(ttl)) then
+    -- RQ reads ttl with int(); EXPIRE would fail on it, too.
+    quarantine(id, score, 'invalid_ttl')
   elseif fields[6] and fields[6] ~= '' and tonumber(fields[7]) and tonumber(fields[7]) > 0 then
     -- The limiter may push onto this queue list too, so earlier ids go first.
     flush_pushes()
-    hand_to_rate_limiter(id, job_key, fields)
-    limited = limited + 1
+    if hand_to_rate_limiter(id, job_key, fields) then
+      redis.call('ZREM', scheduled_key, id)
+      limited = limited + 1
+    else
+      quarantine(id, score, 'rate_limit_wrong_type')
+    end
   else
     redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at, 'origin', queue_name)
     -- RQ reads an empty timeout as none, as it does a missing one.
@@ -228,7 +277,6 @@ for i = 1, #ids, 2 do
       to_back[#to_back + 1] = id
     end
 
-    local ttl = tonumber(fields[4])
     if ttl and ttl > 0 then
       redis.call('EXPIRE', job_key, ttl)
       redis.call('EXPIRE', job_key .. ':dependents', ttl)

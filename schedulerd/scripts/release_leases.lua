@@ -14,7 +14,7 @@ local token = ARGV[1]
 
 local outcomes = {}
 for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == token then
+  if redis.pcall('GET', KEYS[i]) == token then
     redis.call('DEL', KEYS[i])
     outcomes[i] = 1
   else

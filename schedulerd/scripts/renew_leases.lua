@@ -10,7 +10,7 @@ ARGV[3..]  info        strings  field, value pairs written to KEYS[1]
 
 Returns one integer per lease key, in KEYS[2..] order:
    1  renewed: the key held the token and now expires in ARGV[2] ms
-   0  lost: the key holds another value (another scheduler took over)
+   0  lost: the key holds another value (another scheduler took over) or is of another type
   -1  lost: the key does not exist (it expired)
 
 Why compare-and-extend in a script: a plain PEXPIRE would extend a lease that another
@@ -29,7 +29,8 @@ end
 
 local outcomes = {}
 for i = 2, #KEYS do
-  local holder = redis.call('GET', KEYS[i])
+  -- pcall: a lease key of another type must cost only its own queue, not the whole renewal.
+  local holder = redis.pcall('GET', KEYS[i])
   if holder == token then
     redis.call('PEXPIRE', KEYS[i], ttl_ms)
     outcomes[#outcomes + 1] = 1
