@@ -22,7 +22,12 @@ SCHEDULERD = str(Path(sys.executable).parent / "schedulerd")
 
 def run_command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [SCHEDULERD, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+        [SCHEDULERD, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -19,7 +19,6 @@ from tests.support.redis_server import RedisServer, find_redis_server, pick_free
 from tests.support.schedulerd_process import (
     SCHEDULERD,
     daemon_token,
-    log_events,
     schedulerd_env,
     start_schedulerd,
 )

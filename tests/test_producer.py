@@ -53,6 +53,7 @@ except ValueError as error:
 def run_in_rq_env(rq_env, script: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(rq_env.python), "-c", script, *args],
+        check=False,
         cwd=REPO_ROOT,
         env=child_env(),
         capture_output=True,
