@@ -29,6 +29,9 @@ STOP_TIMEOUT_S = 10.0
 START_ATTEMPTS = 5
 # sun_path is 108 bytes on Linux, including the terminating NUL, so stay clear of that size.
 MAX_UNIX_SOCKET_PATH = 100
+# Redis Cluster listens on port + 10000 for its bus, so the port must leave room for it.
+CLUSTER_BUS_OFFSET = 10000
+MAX_CLUSTER_PORT = 65535 - CLUSTER_BUS_OFFSET
 
 ConfigValue = str | int | float | bool
 
@@ -78,6 +81,20 @@ def pick_free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+def pick_cluster_port() -> int:
+    """Return a free port whose cluster bus port (port + 10000, as Redis uses) is free too."""
+    while True:
+        port = pick_free_port()
+        if port > MAX_CLUSTER_PORT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
+            except OSError:
+                continue
+        return port
 
 
 def _config_line(key: str, value: ConfigValue) -> str:
@@ -145,7 +162,8 @@ class RedisServer:
     def start(self) -> None:
         """Start on a newly picked free port, retrying when another process took the port first."""
         for _ in range(START_ATTEMPTS):
-            self.port = pick_free_port()
+            cluster = str(self.config.get("cluster_enabled", "no")).lower() in ("yes", "true")
+            self.port = pick_cluster_port() if cluster else pick_free_port()
             if self._start_once():
                 return
         raise RedisServerError(f"redis-server failed to bind a free port in {START_ATTEMPTS} attempts")
