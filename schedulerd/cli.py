@@ -19,7 +19,14 @@ from schedulerd import __version__
 from schedulerd.config import DEFAULT_CONFIG_PATH, SETTINGS, Setting, Settings, check_paths, load_settings
 from schedulerd.connection import connect, redact_url
 from schedulerd.daemon import Scheduler
-from schedulerd.daemonize import PidFile, PidFileLockedError, SignalHandler, detach, pidfile_holder
+from schedulerd.daemonize import (
+    NotAPidFileError,
+    PidFile,
+    PidFileLockedError,
+    SignalHandler,
+    detach,
+    pidfile_holder,
+)
 from schedulerd.discovery import QueueSelector
 from schedulerd.errors import ConfigError, LocalRedisError, UnsupportedServerError
 from schedulerd.health import HealthServer, LoopHealth, build_metrics, probe_client
@@ -181,7 +188,7 @@ def _run(
 
     url = settings.redis_url or local_url()
     start_local_redis = settings.redis_url is None and not answers(url)
-    scheduler = Scheduler(settings.queues, connect(url), settings=settings)
+    scheduler = Scheduler(settings.queues, _connect_or_exit(url), settings=settings)
     notifier = Notifier.from_environment()
     reloader = Reloader(
         scheduler, settings, lambda: load_settings(config_path=config_path, flags=flags), log_output, notifier
@@ -309,6 +316,24 @@ def _check_paths(settings: Settings) -> None:
         sys.exit(EXIT_USAGE)
 
 
+def _connect_or_exit(url: str) -> Redis:
+    """Create the Redis client, or exit 2 when redis-py rejects an option of the URL."""
+    try:
+        client = connect(url)
+        # redis-py checks some URL options only when it builds a connection, which this does
+        # without connecting.
+        client.connection_pool.make_connection().disconnect()  # type: ignore[no-untyped-call]
+        return client
+    except (ValueError, TypeError) as error:
+        detail = str(error).replace(url, redact_url(url))
+        click.echo(
+            f"schedulerd: configuration error: invalid redis_url {redact_url(url)}: {detail}; "
+            "fix the URL or its query options",
+            err=True,
+        )
+        sys.exit(EXIT_USAGE)
+
+
 def _acquire_pidfile(settings: Settings) -> tuple[PidFile | None, int | None]:
     """Lock the pidfile before anything else starts, or exit 2 when another instance holds it."""
     if settings.pidfile is None:
@@ -316,7 +341,7 @@ def _acquire_pidfile(settings: Settings) -> tuple[PidFile | None, int | None]:
     pidfile = PidFile(settings.pidfile)
     try:
         stale_pid = pidfile.acquire()
-    except PidFileLockedError as error:
+    except (PidFileLockedError, NotAPidFileError) as error:
         click.echo(f"schedulerd: {error}", err=True)
         sys.exit(EXIT_USAGE)
     except OSError as error:
@@ -327,15 +352,23 @@ def _acquire_pidfile(settings: Settings) -> tuple[PidFile | None, int | None]:
     return pidfile, stale_pid
 
 
-@main.command(epilog=EXIT_CODES_HELP)
+CHECK_EXIT_CODES_HELP = (
+    "\b\nExit codes:\n"
+    "  0  the settings are valid and Redis responded\n"
+    "  1  Redis could not be reached\n"
+    "  2  usage or configuration error"
+)
+
+
+@main.command(epilog=CHECK_EXIT_CODES_HELP)
 @settings_options
 def check(config_path: Path | None, **flags: Any) -> None:
     """Validate the settings and reach Redis once, without scheduling anything."""
     settings = _load(config_path, flags)
     _check_paths(settings)
     url = settings.redis_url or local_url()
+    client = _connect_or_exit(url)
     try:
-        client = connect(url)
         version = client.info("server").get("redis_version")
     except Exception as error:  # noqa: BLE001 - any failure to reach Redis is reported the same way
         click.echo(f"schedulerd: cannot reach Redis at {redact_url(url)}: {error}", err=True)
@@ -355,7 +388,7 @@ def check(config_path: Path | None, **flags: Any) -> None:
 STATUS_EXIT_CODES_HELP = (
     "\b\nExit codes:\n"
     "  0  every queue has a leader and no job is overdue by more than --max-overdue\n"
-    "  1  a queue has no leader, a job is overdue, or Redis is unreachable\n"
+    "  1  a queue has no leader, a job is overdue, no queue matches, or Redis is unreachable\n"
     "  2  usage or configuration error"
 )
 
@@ -377,7 +410,7 @@ def status(config_path: Path | None, as_json: bool, max_overdue_s: float, **flag
     """Show each queue's leader, lease time left, and scheduled, due and overdue jobs, from Redis reads only."""
     settings = _load(config_path, flags)
     url = settings.redis_url or local_url()
-    client = connect(url)
+    client = _connect_or_exit(url)
     keys = Keys(settings.key_prefix)
     try:
         selector = QueueSelector(settings.queues, keys)
@@ -390,5 +423,8 @@ def status(config_path: Path | None, as_json: bool, max_overdue_s: float, **flag
     finally:
         client.close()
     problems = find_problems(statuses, max_overdue_s)
+    if not statuses:
+        # A monitoring check with a mistyped pattern must not pass for ever.
+        problems.append(f"no queue matches {', '.join(settings.queues)}")
     click.echo(format_json(statuses, problems) if as_json else format_table(statuses, problems))
     sys.exit(EXIT_FAILURE if problems else EXIT_OK)

@@ -31,6 +31,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 KEY_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.:{}-]+")
 # Lua's unpack and the per-call time budget both bound a batch.
 MAX_BATCH_SIZE = 5000
+# Bounds of the durations, in seconds. Below the minimums the loop spins; above the maximums
+# Redis rejects the millisecond TTLs, or a setting is surely a unit mistake.
+INTERVAL_BOUNDS_S = {
+    "lease_ttl": (1.0, 86400.0),
+    "renew_interval": (0.05, 28800.0),
+    "contest_interval": (0.1, 604800.0),
+    "poll_interval": (0.01, 3600.0),
+}
+# RQ workers pass a job's timeout to the operating system as a C int.
+MAX_JOB_TIMEOUT_S = 2**31 - 1
 # A bare port in http_address listens on loopback only; exposing metrics takes an explicit host.
 DEFAULT_HTTP_HOST = "127.0.0.1"
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -64,7 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(SCHEDULERD_LOCAL_REDIS_PORT picks another port)."),
     Setting("queues", "queues", (),
             "Queues to schedule, comma-separated on the command line and in the environment, a "
-            "list in the config file. Required."),
+            "list in the config file. Names with *, ? or [ are glob patterns matched against the "
+            "queues RQ knows, such as '*' or 'reports-*'. Required."),
     Setting("key_prefix", "str", "rq",
             "Prefix of every Redis key, as RQ 3.0's RQ_KEY_PREFIX (read when this is not set)."),
     Setting("lease_ttl", "float", 10.0,
@@ -219,9 +230,15 @@ def _line_of(text: str, name: str) -> int | None:
 def read_file(path: Path) -> dict[str, tuple[Any, str]]:
     """Read a TOML config file into {name: (value, source)}; unknown keys are an error."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}; fix the path given to --config") from None
+        raise ConfigError(
+            f"cannot read config file {path}: {error.strerror}; fix the path given to --config or SCHEDULERD_CONFIG"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"invalid config file {path}: byte {error.start} is not UTF-8; save the file as UTF-8"
+        ) from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -319,11 +336,13 @@ def validate(settings: Settings) -> None:
             "and _ . : - { } are allowed (RQ's rule); use the prefix your RQ producers use, normally rq"
         )
 
-    for name in ("lease_ttl", "renew_interval", "contest_interval", "poll_interval"):
+    for name, (low_s, high_s) in INTERVAL_BOUNDS_S.items():
         value = getattr(settings, name)
-        if not value > 0 or value == float("inf"):
+        if not low_s <= value <= high_s:
             flag = SETTINGS_BY_NAME[name].flag
-            raise ConfigError(f"invalid {name} {value} s from {source(name)}: must be a positive number of seconds; fix {flag}")
+            raise ConfigError(
+                f"invalid {name} {value} s from {source(name)}: must be {low_s} to {high_s} seconds; fix {flag}"
+            )
     if settings.lease_ttl < 3 * settings.renew_interval:
         raise ConfigError(
             f"lease TTL {settings.lease_ttl} s ({source('lease_ttl')}) must be at least 3 x renew interval "
@@ -341,10 +360,10 @@ def validate(settings: Settings) -> None:
             f"invalid batch_size {settings.batch_size} from {source('batch_size')}: must be 1 to "
             f"{MAX_BATCH_SIZE}; fix --batch-size"
         )
-    if settings.default_job_timeout < 1:
+    if not 1 <= settings.default_job_timeout <= MAX_JOB_TIMEOUT_S:
         raise ConfigError(
             f"invalid default_job_timeout {settings.default_job_timeout} from {source('default_job_timeout')}: "
-            "must be at least 1 second; fix --default-job-timeout"
+            f"must be 1 to {MAX_JOB_TIMEOUT_S} seconds; fix --default-job-timeout"
         )
     for name in ("log_format", "log_level"):
         choices = SETTINGS_BY_NAME[name].choices
@@ -459,8 +478,11 @@ def validate_redis_url(url: str, source: str) -> None:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as error:
-        raise ConfigError(f"invalid redis_url {shown} from {source}: {error}; use redis://host:port/db") from None
+    except ValueError:
+        raise ConfigError(
+            f"invalid redis_url {shown} from {source}: the host or port cannot be read; use "
+            "redis://[user:password@]host:port/db, and percent-encode / # ? @ in the password"
+        ) from None
     if parts.scheme not in REDIS_URL_SCHEMES:
         raise ConfigError(
             f"invalid redis_url {shown} from {source}: scheme {parts.scheme!r} is not one of "

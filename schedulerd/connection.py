@@ -58,9 +58,12 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         if not host:
             raise ValueError("every sentinel needs a host, as in host1:26379,host2:26379")
         try:
-            sentinels.append((host, int(port) if has_port else DEFAULT_SENTINEL_PORT))
+            number = int(port) if has_port else DEFAULT_SENTINEL_PORT
         except ValueError:
-            raise ValueError(f"invalid sentinel port {port!r}") from None
+            number = 0
+        if not 1 <= number <= 65535:
+            raise ValueError(f"invalid sentinel port {port!r}: must be 1 to 65535")
+        sentinels.append((host, number))
 
     parts = [part for part in path.split("/") if part]
     if not parts:
@@ -89,21 +92,20 @@ def redact_url(url: str) -> str:
     """Return ``url`` with every password replaced by ***, for logs and error messages.
 
     Covers the user-info part and the password and sentinel_password query arguments, which
-    redis-py also reads.
+    redis-py also reads. Everything up to the last @ counts as user info, so a password with
+    an unencoded / # ? or @ is masked too.
     """
     scheme, separator, rest = url.partition("://")
     if not separator:
         return "<unparseable URL>" if "@" in url or "password" in url else url
-    head, has_query, query = rest.partition("?")
-    netloc, slash, path = head.partition("/")
-    if "@" in netloc:
-        credentials, hosts = netloc.rsplit("@", 1)
+    if "@" in rest:
+        credentials, rest = rest.rsplit("@", 1)
         user, has_password, _ = credentials.partition(":")
-        if has_password:
-            netloc = f"{user}:***@{hosts}"
+        rest = f"{user}:***@{rest}" if has_password else f"{user}@{rest}"
+    head, has_query, query = rest.partition("?")
     if has_query:
         query = "&".join(_redact_argument(item) for item in query.split("&"))
-    return f"{scheme}://{netloc}{slash}{path}" + (f"?{query}" if has_query else "")
+    return f"{scheme}://{head}" + (f"?{query}" if has_query else "")
 
 
 def _redact_argument(item: str) -> str:

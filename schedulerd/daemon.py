@@ -113,6 +113,7 @@ class Scheduler:
             )
         self._members: list[Member] = []
         self._handover_deadlines: dict[str, float] = {}
+        self._standby_for: set[str] = set()
         self._assignment_basis: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._assignment_cache: dict[str, str] = {}
         self._contest_all_requested = True
@@ -297,10 +298,23 @@ class Scheduler:
             free = [queue for queue in free if self._prefers_me(queue)]
         if not free:
             return
-        for queue in self._leases.contest(free):
+        acquired = self._leases.contest(free)
+        for queue in acquired:
             log.info("lease_acquired", queue=queue, token=self.token)
             for observer in self._observers:
                 observer.lease_changed(queue, "acquired")
+        self._standby_for.difference_update(acquired)
+        waiting = sorted(set(free) - set(acquired) - self._standby_for)
+        if waiting:
+            # Said once per queue, so an operator sees why a queue is not led by this instance.
+            log.info(
+                "standby",
+                queues=waiting,
+                next_contest_in_s=self.settings.contest_interval,
+                detail="another scheduler holds these leases; this instance contests again when one is "
+                "released, when one expires (with expiry events on), and on its contest interval",
+            )
+            self._standby_for.update(waiting)
         log.debug("leases_contested", contested=len(free), leading=len(self._leases.held))
 
     def _renew(self) -> None:

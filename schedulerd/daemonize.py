@@ -21,6 +21,21 @@ LOCK_ATTEMPTS = 5
 SignalHandler = Callable[[int, "FrameType | None"], None]
 
 
+# A pid is at most 7 digits on Linux; anything longer or not digits is another kind of file.
+PIDFILE_MAX_BYTES = 20
+
+
+class NotAPidFileError(OSError):
+    """The pidfile path names an existing file that holds something other than a pid."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"{path} exists and does not contain a pid; pass a path for the pidfile alone, "
+            "such as /run/schedulerd/schedulerd.pid"
+        )
+        self.path = path
+
+
 class PidFileLockedError(SchedulerdError):
     """Another running process holds the pidfile's lock. Exit code 2."""
 
@@ -70,6 +85,13 @@ class PidFile:
         else:
             raise OSError(f"pidfile {self.path} was replaced {LOCK_ATTEMPTS} times while locking it")
 
+        text = os.pread(fd, PIDFILE_MAX_BYTES + 1, 0).decode("ascii", "replace").strip()
+        if text and (not text.isdigit() or len(text) > PIDFILE_MAX_BYTES):
+            # Never overwrite, then delete at exit, a file that is not a pidfile (a config
+            # file given by mistake, say).
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise NotAPidFileError(self.path)
         self._fd = fd
         stale_pid = _read_pid(fd)
         self.write_pid()

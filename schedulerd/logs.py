@@ -80,7 +80,11 @@ class _LineLogger:
         self._writer = writer
 
     def msg(self, message: str) -> None:
-        self._writer.write_line(message)
+        try:
+            self._writer.write_line(message)
+        except (OSError, ValueError):
+            # A full disk or a closed stream must not stop scheduling; the line is lost.
+            pass
 
     log = debug = info = warn = warning = error = critical = exception = failure = fatal = msg
 

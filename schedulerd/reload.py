@@ -98,6 +98,9 @@ class Reloader:
         except ConfigError as error:
             log.error("reload_failed", error=str(error), detail="the running configuration stays in force")
             return None
+        except Exception as error:  # noqa: BLE001 - the reload thread must survive any bad file
+            log.error("reload_failed", error=repr(error), detail="the running configuration stays in force")
+            return None
 
     def _apply(self, new: Settings | None) -> bool:
         if new is None:

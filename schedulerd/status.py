@@ -6,6 +6,7 @@ Used by ``schedulerd status`` and by the scrape-time gauges of /metrics. Nothing
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -87,8 +88,11 @@ def read_queue_counts(client: Redis, keys: Keys, queues: Sequence[str]) -> dict[
         scheduled, due, lowest, next_after_now = replies[4 * index:4 * index + 4]
         oldest_overdue_s = None
         if due and lowest:
-            oldest_overdue_s = max(0.0, now_s - float(lowest[0][1]))
-        next_due_in_s = float(next_after_now[0][1]) - now_s if next_after_now else None
+            oldest_overdue_s = _finite_or_none(max(0.0, now_s - float(lowest[0][1])))
+        next_due_in_s = None
+        if next_after_now:
+            # A score of +inf never falls due; JSON has no infinity, so it reads as none.
+            next_due_in_s = _finite_or_none(float(next_after_now[0][1]) - now_s)
         counts[queue] = QueueCounts(int(scheduled), int(due), oldest_overdue_s, next_due_in_s)
     return counts
 
@@ -192,3 +196,7 @@ def format_table(statuses: Sequence[QueueStatus], problems: Sequence[str]) -> st
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -193,3 +193,33 @@ class TestFailover:
         wait_for(lambda: client.get(KEYS.lease("default")) not in (None, leader_token), 10)
         schedule(client, "j", server_now(client) - 1)
         wait_for(lambda: client.llen(KEYS.queue_list("default")) == 1, 5)
+
+
+class TestOperatorMistakes:
+    def test_pidfile_that_is_not_a_pidfile_is_kept(self, redis_server, tmp_path):
+        victim = tmp_path / "schedulerd.toml"
+        victim.write_text('queues = ["a"]\n')
+        result = run_command(
+            "run", "--queues", "a", "--redis-url", redis_server.url, "--pidfile", str(victim)
+        )
+        assert result.returncode == 2
+        assert "does not contain a pid" in result.stderr
+        assert victim.read_text() == 'queues = ["a"]\n'
+
+    def test_status_pattern_matching_nothing_fails(self, redis_server):
+        result = run_command("status", "--queues", "nomatch*", "--redis-url", redis_server.url)
+        assert result.returncode == 1
+        assert "no queue matches nomatch*" in result.stdout
+
+    def test_unknown_url_option_exits_2(self):
+        result = run_command("check", "--queues", "a", "--redis-url", "redis://127.0.0.1:1/0?foo=bar")
+        assert result.returncode == 2
+        assert "invalid redis_url" in result.stderr
+
+    def test_standby_says_why_it_waits(self, redis_server, start_process):
+        client = redis_server.client()
+        client.set(KEYS.lease("default"), "4242", ex=60)
+        daemon = start_daemon(start_process, redis_server.url, "--queues", "default")
+        wait_for(lambda: "standby" in event_names(daemon), 10)
+        standby = next(e for e in log_events(daemon) if e["event"] == "standby")
+        assert standby["queues"] == ["default"]

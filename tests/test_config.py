@@ -137,3 +137,57 @@ class TestRedaction:
 
     def test_url_without_password_unchanged(self):
         assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+class TestHostileValues:
+    def error_for(self, **kwargs) -> str:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(**kwargs)
+        return str(caught.value)
+
+    def test_non_utf8_file(self, tmp_path):
+        path = tmp_path / "latin1.toml"
+        path.write_bytes('queues = ["caf\xe9"]\n'.encode("latin-1"))
+        assert "not UTF-8" in self.error_for(config_path=path, environ={})
+
+    def test_utf8_bom_accepted(self, tmp_path):
+        path = tmp_path / "bom.toml"
+        path.write_bytes(b'\xef\xbb\xbfqueues = ["a"]\n')
+        assert load_settings(config_path=path, environ={}).queues == ("a",)
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [("lease_ttl", 1e308), ("poll_interval", 1e-9), ("renew_interval", 1e-9), ("contest_interval", 1e12)],
+    )
+    def test_durations_out_of_bounds(self, name, value):
+        flags = {"queues": "a", name: value}
+        assert f"invalid {name}" in self.error_for(environ={}, flags=flags)
+
+    def test_job_timeout_above_c_int(self):
+        message = self.error_for(environ={}, flags={"queues": "a", "default_job_timeout": 2**31})
+        assert "default_job_timeout" in message
+
+
+class TestRedactionOfOddURLs:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "redis://:ab/cd@host:1/0",
+            "redis://:abcd#ef@host:1/0",
+            "redis://:ab?cd@host/0",
+            "redis://:p%40ss@127.0.0.1:99999/0",
+            "redis://host:1/0?password=s3cret",
+            "redis+sentinel://h1,h2/m?sentinel_password=s3cret",
+        ],
+    )
+    def test_secret_masked(self, url):
+        shown = redact_url(url)
+        for secret in ("cd", "ef", "p%40ss", "s3cret"):
+            if secret in url:
+                assert secret not in shown
+
+    def test_unreadable_port_message_hides_password(self):
+        message = TestHostileValues().error_for(
+            environ={}, flags={"queues": "a", "redis_url": "redis://:ab/cd@host:1/0"}
+        )
+        assert "cd" not in message.replace("percent-encode", "")
