@@ -573,6 +573,17 @@ class Scheduler:
     def _step_down(self) -> None:
         """Release every lease, tell the standbys, remove the info hash; Redis errors are logged."""
         self._log_promotions(force=True)
+        if self._unavailable_since is not None:
+            # Each command would wait for its socket timeout first, and a stop must finish
+            # within the service manager's stop timeout; the leases expire on their own.
+            log.error(
+                "step_down_failed",
+                error="Redis is unavailable",
+                detail=f"leases expire within {self.settings.lease_ttl} s",
+            )
+            self._handoff.stop()
+            log.info("daemon_stopped", token=self.token)
+            return
         try:
             if self._membership is not None:
                 # Leave first, so the standbys that hear the release no longer prefer this instance.
