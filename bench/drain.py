@@ -8,7 +8,7 @@ Every run gets a fresh redis-server of its own with the same backlog: job hashes
 rq-scheduler 0.14) writes them, all due 60 s ago. The contenders:
 
   schedulerd Promoter      Promoter.promote() called flat out, one pipelined call per pass
-  schedulerd loop          Scheduler.run(), the daemon's loop, with default settings (batch 500)
+  schedulerd loop          Scheduler.run(), the daemon's loop, with default settings
   bare Lua move            ZRANGEBYSCORE, then ZREM + RPUSH per id (bench/lua/bare_move.lua): the ceiling
   RQ flat out              RQ 2.12 RQScheduler.enqueue_scheduled_jobs() in a tight loop
   RQ loop                  RQ 2.12 RQScheduler.work(), interval 1 s (at most 1,000 jobs per queue per pass)
@@ -36,6 +36,7 @@ from harness import jobs
 from harness.processes import ChildProcess, install_cleanup
 from harness.report import machine, percentile, print_machine, ratio, table, write_json
 from harness.server import RedisServer, default_binary
+from schedulerd.config import Settings
 from schedulerd.keys import Keys
 from schedulerd.lease import Leases
 from schedulerd.promoter import Promoter
@@ -425,7 +426,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spread-queues", type=int, default=100, help="queues of the spread scenario")
     parser.add_argument("--full", action="store_true", help="also run 1,000,000 jobs on one queue")
     parser.add_argument("--quick", action="store_true", help="10,000 jobs, 1 run each, 3 s bounds")
-    parser.add_argument("--batch-size", type=int, default=500, help="schedulerd and bare Lua batch (default 500)")
+    parser.add_argument("--batch-size", type=int, default=Settings.batch_size,
+                        help=f"schedulerd and bare Lua batch, in jobs (default {Settings.batch_size}, schedulerd's default)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each schedulerd contender (median kept)")
     parser.add_argument("--bound", type=float, default=5.0, help="seconds a flat-out alternative may run")
     parser.add_argument("--loop-bound", type=float, default=10.0, help="seconds a scheduler loop may run")
