@@ -141,7 +141,7 @@ def connect(url: str, timeout_s: float = SOCKET_TIMEOUT_S, retries: int = 1) -> 
 
 def _connect_sentinel(parsed: SentinelURL, timeout_s: float, retries: int) -> Redis:
     # The client asks the sentinels for the current primary on every new connection, and
-    # drops a connection that answers READONLY, so it follows a failover.
+    # drops a connection that replies READONLY, so it follows a failover.
     sentinel_kwargs = {"socket_timeout": timeout_s, "socket_connect_timeout": min(timeout_s, CONNECT_TIMEOUT_S)}
     if parsed.sentinel_password is not None:
         sentinel_kwargs["password"] = parsed.sentinel_password  # type: ignore[assignment]

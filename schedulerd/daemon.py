@@ -222,8 +222,7 @@ class Scheduler:
         removed = [queue for queue in self._leases.held if queue not in self._active_queues]
         for queue in self._leases.release(removed):
             log.info("lease_released", queue=queue)
-            for observer in self._observers:
-                observer.lease_changed(queue, "released")
+            self._notify_lease_changed(queue, "released")
         self._contest_requested.set()
 
     # One loop iteration
@@ -301,8 +300,7 @@ class Scheduler:
         acquired = self._leases.contest(free)
         for queue in acquired:
             log.info("lease_acquired", queue=queue, token=self.token)
-            for observer in self._observers:
-                observer.lease_changed(queue, "acquired")
+            self._notify_lease_changed(queue, "acquired")
         self._standby_for.difference_update(acquired)
         waiting = sorted(set(free) - set(acquired) - self._standby_for)
         if waiting:
@@ -325,10 +323,10 @@ class Scheduler:
             self._hand_over_foreign_queues()
         for queue in outcome.taken:
             log.warning("lease_lost", queue=queue, reason="taken", detail="another scheduler holds the lease")
-            self._notify_lost(queue, "taken")
+            self._notify_lease_changed(queue, "lost", "taken")
         for queue in outcome.expired:
             log.warning("lease_lost", queue=queue, reason="expired", detail="the lease expired before renewal")
-            self._notify_lost(queue, "expired")
+            self._notify_lease_changed(queue, "lost", "expired")
         if outcome.expired:
             # The key is gone, so the lease is free: contest at once instead of leaving the
             # queue without a leader until the next contest interval.
@@ -355,12 +353,11 @@ class Scheduler:
             return
         released = self._leases.release(foreign)
         if released:
-            self._client.publish(self._keys.handoff_channel(), json.dumps(released))
+            self._announce_released(released)
         deadline = self._clock() + HANDOVER_GRACE_RENEWALS * self.settings.renew_interval
         for queue in released:
             log.info("lease_handed_over", queue=queue, to=self._assignment().get(queue))
-            for observer in self._observers:
-                observer.lease_changed(queue, "released")
+            self._notify_lease_changed(queue, "released")
             self._handover_deadlines[queue] = deadline
 
     def _check_handovers(self, now: float) -> None:
@@ -373,9 +370,13 @@ class Scheduler:
         if due:
             self._contest_all_requested = True
 
-    def _notify_lost(self, queue: str, reason: str) -> None:
+    def _announce_released(self, queues: list[str]) -> None:
+        """Publish released queues, so standbys contest them at once."""
+        self._client.publish(self._keys.handoff_channel(), json.dumps(queues))
+
+    def _notify_lease_changed(self, queue: str, event: str, reason: str | None = None) -> None:
         for observer in self._observers:
-            observer.lease_changed(queue, "lost", reason)
+            observer.lease_changed(queue, event, reason)
 
     def _promote_pass(self) -> float:
         """Promote every led queue until nothing is due; return seconds until the next due job."""
@@ -419,7 +420,7 @@ class Scheduler:
         if result.fenced:
             self._leases.drop(queue)
             log.warning("lease_lost", queue=queue, reason="fenced", detail="a promote call found another token or none")
-            self._notify_lost(queue, "fenced")
+            self._notify_lease_changed(queue, "lost", "fenced")
             # The key may simply have expired; a contest takes it back if it is free.
             self._contest_all_requested = True
             return False
@@ -573,17 +574,21 @@ class Scheduler:
     def _step_down(self) -> None:
         """Release every lease, tell the standbys, remove the info hash; Redis errors are logged."""
         self._log_promotions(force=True)
-        if self._unavailable_since is not None:
-            # Each command would wait for its socket timeout first, and a stop must finish
-            # within the service manager's stop timeout; the leases expire on their own.
+        if self._unavailable_since is None:
+            self._release_everything()
+        else:
+            # Each command would first wait for its socket timeout, so a stop could outlast the
+            # service manager's stop timeout. The leases expire on their own.
             log.error(
                 "step_down_failed",
                 error="Redis is unavailable",
                 detail=f"leases expire within {self.settings.lease_ttl} s",
             )
-            self._handoff.stop()
-            log.info("daemon_stopped", token=self.token)
-            return
+        self._handoff.stop()
+        log.info("daemon_stopped", token=self.token)
+
+    def _release_everything(self) -> None:
+        """Leave the members hash, release every lease, announce it and remove the info hash."""
         try:
             if self._membership is not None:
                 # Leave first, so the standbys that hear the release no longer prefer this instance.
@@ -592,12 +597,11 @@ class Scheduler:
             released = self._leases.release()
             for queue in released:
                 log.info("lease_released", queue=queue)
-                for observer in self._observers:
-                    observer.lease_changed(queue, "released")
+                self._notify_lease_changed(queue, "released")
             if held:
                 # Every queue held, not only those the release reported: when the reply to a
                 # release was lost and the retry found the key gone, the standbys must still hear.
-                self._client.publish(self._keys.handoff_channel(), json.dumps(held))
+                self._announce_released(held)
             self._leases.delete_info()
         except RedisError as error:
             # The leases expire on their own after the lease TTL.
@@ -606,8 +610,6 @@ class Scheduler:
                 error=str(error),
                 detail=f"leases expire within {self.settings.lease_ttl} s",
             )
-        self._handoff.stop()
-        log.info("daemon_stopped", token=self.token)
 
     def _describe_connection(self) -> str:
         pool = self._client.connection_pool

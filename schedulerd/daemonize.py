@@ -26,7 +26,7 @@ PIDFILE_MAX_BYTES = 20
 
 
 class NotAPidFileError(OSError):
-    """The pidfile path names an existing file that holds something other than a pid."""
+    """The pidfile path names an existing file that contains something other than a pid."""
 
     def __init__(self, path: str) -> None:
         super().__init__(

@@ -17,22 +17,22 @@ class Observer:
     """No-op base; subclasses override what they need."""
 
     def ready(self, scheduler: Scheduler) -> None:
-        """The scheduler reached Redis and contested its leases for the first time."""
+        """Handle the scheduler reaching Redis and contesting its leases for the first time."""
 
     def iteration_finished(self, scheduler: Scheduler) -> None:
-        """One loop iteration finished without a Redis error."""
+        """Handle the end of a loop iteration that had no Redis error."""
 
     def redis_failed(self, scheduler: Scheduler, error: Exception) -> None:
-        """A loop iteration failed on a Redis error; the scheduler backs off and retries."""
+        """Handle a loop iteration that failed on a Redis error, after which the scheduler backs off."""
 
     def promote_finished(self, result: PromoteResult, duration_s: float) -> None:
-        """One promote call returned (``duration_s`` is the round trip shared by its pipeline)."""
+        """Handle one promote call's result; ``duration_s`` is the round trip its pipeline shared."""
 
     def lease_changed(self, queue: str, event: str, reason: str | None = None) -> None:
-        """A lease was "acquired", "lost" (with a reason: taken, expired, fenced) or "released"."""
+        """Handle a lease "acquired", "lost" (reason taken, expired or fenced) or "released"."""
 
     def stopping(self, scheduler: Scheduler) -> None:
-        """The scheduler began to step down."""
+        """Handle the start of the step-down."""
 
     def stopped(self, scheduler: Scheduler) -> None:
-        """The scheduler stepped down and ``run()`` is about to return."""
+        """Handle the end of the step-down, just before ``run()`` returns."""

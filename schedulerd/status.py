@@ -24,7 +24,7 @@ DEFAULT_MAX_OVERDUE_S = 60.0
 
 @dataclass(frozen=True)
 class QueueCounts:
-    """What one queue's scheduled set contains at one server time."""
+    """Contents of one queue's scheduled set at one server time."""
 
     scheduled: int
     due: int

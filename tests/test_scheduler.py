@@ -222,7 +222,7 @@ class TestCrashFailover:
     def test_expiry_event_triggers_contest(self, redis_server_factory, start_scheduler_on):
         server = redis_server_factory(notify_keyspace_events="Ex")
         client = server.client()
-        # A leader that crashed: its lease expires and nobody renews it.
+        # A leader that crashed: its lease expires without renewal.
         client.set(KEYS.lease("default"), "1234", px=1000)
         with capture_logs() as logs:
             standby = start_scheduler_on(server, contest_interval=900.0)

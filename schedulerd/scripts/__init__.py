@@ -2,7 +2,7 @@
 
 redis-py's Script objects check SCRIPT EXISTS before every pipeline, which costs one extra
 round trip per pass; this runner sends EVALSHA straight away and loads a script only when the
-server answers NOSCRIPT (after a restart or SCRIPT FLUSH).
+server replies NOSCRIPT (after a restart or SCRIPT FLUSH).
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ if redis.call('GET', lease_key) ~= token then
   return {0, 0, 0, '', '', {}, '', 0}
 end
 
--- Redis before 7 replicates scripts verbatim unless a script asks for effects replication,
+-- Redis before 7 replicates scripts verbatim unless a script requests effects replication,
 -- and only effects replication allows TIME before a write.
 if redis.replicate_commands then
   redis.replicate_commands()
